@@ -1,0 +1,33 @@
+"""Base class of every per-stage config: frozen, strict, hashable into a cache key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageConfig(BaseModel):
+    """Frozen pydantic model; `fingerprint()` covers every field that changes a stage's output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    #: Fields that do not change what the stage produces (cache paths, worker counts, secrets).
+    volatile_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        return {k: v for k, v in data.items() if k not in self.volatile_fields}
+
+    def fingerprint(self, *extra: object) -> str:
+        """Stable sha256 hex of the output-relevant fields and any extra identity (input hashes)."""
+        payload = json.dumps([self.fingerprint_fields(), [str(e) for e in extra]], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def short_hash(*parts: object, length: int = 12) -> str:
+    """First `length` hex digits of a sha256 over the parts' JSON, for names of folders and objects."""
+    payload = json.dumps([str(p) for p in parts], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
