@@ -1,0 +1,1 @@
+"""Prefect flows: only the call graph of the stage tasks."""

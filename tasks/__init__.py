@@ -1,0 +1,1 @@
+"""Prefect task wrappers, one module per stage: thin adapters over `codeparrot`."""
