@@ -55,8 +55,13 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     """CodeParrot Flows: BigQuery export to a trained, evaluated GPT-2 for Python."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our own progress at INFO by default; -v adds our debug output, -vv everyone's.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("codeparrot").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = {"debug": debug}
 
 
