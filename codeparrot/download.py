@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -32,6 +33,7 @@ from codeparrot.gcp import GCPConfig, parse_gs_uri, storage_client
 log = logging.getLogger(__name__)
 
 DOWNLOAD_VERSION = "1"
+MARKER = "_SUCCESS.json"
 _CHUNK = 1 << 20
 
 
@@ -173,7 +175,7 @@ def download(
             objects = list_objects(gcs, bucket, prefix, gcp)
     if not objects:
         raise DataError(f"no *.json.gz shards under gs://{bucket}/{prefix}/: is the export complete?")
-    root = cfg.cache_dir / bucket / Path(*PurePosixPath(prefix).parts)
+    root = local_dir(cfg, bucket, prefix)
     root.mkdir(parents=True, exist_ok=True)
     # Validate every name before writing anything.
     plan = [(obj, safe_local_path(root, obj.name.removeprefix(prefix + "/"))) for obj in objects]
@@ -198,7 +200,7 @@ def download(
     files = [LocalShard(path=str(path), size=obj.size, crc32c=obj.crc32c or "") for obj, path in plan]
     _remove_partials(root)
     log.info("downloaded %d shards (%.1f MiB) into %s, %d already present", len(todo), done_bytes / 2**20, root, skipped)
-    return DownloadResult(
+    result = DownloadResult(
         source=f"gs://{bucket}/{prefix}/",
         local_dir=str(root),
         files=files,
@@ -206,6 +208,26 @@ def download(
         skipped=skipped,
         bytes_downloaded=done_bytes,
     )
+    tmp = root / f".{MARKER}.tmp"
+    listing = {Path(f.path).name: f.size for f in files}
+    tmp.write_text(json.dumps({"source": result.source, "identity": result.identity(), "files": listing}))
+    os.replace(tmp, root / MARKER)
+    return result
+
+
+def local_dir(cfg: DownloadConfig, bucket: str, prefix: str) -> Path:
+    """The cache folder of one export: `<cache_dir>/<bucket>/<prefix>`."""
+    return cfg.cache_dir / bucket / Path(*PurePosixPath(prefix.rstrip("/")).parts)
+
+
+def completed(folder: Path) -> str | None:
+    """The identity recorded by a finished download in `folder` if its files are all there, else None."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        intact = all((folder / name).stat().st_size == size for name, size in marker["files"].items())
+    except (OSError, ValueError, KeyError):
+        return None
+    return marker["identity"] if intact else None
 
 
 def _remove_partials(root: Path) -> None:

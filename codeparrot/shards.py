@@ -89,7 +89,7 @@ def iter_shard(path: str | os.PathLike[str], *, strict: bool = False) -> Iterato
     lineno = 0
     try:
         with gzip.open(shard, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):  # noqa: B007 - lineno is read after the loop
+            for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue
                 item = _parse_line(raw, shard, lineno)

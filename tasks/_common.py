@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from prefect import Task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.tasks import exponential_backoff
 
 from codeparrot.config import StageConfig, short_hash
 from codeparrot.errors import is_transient
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # I/O tasks: 3 retries at about 10, 20, 40 s, each +-50 % jitter so parallel retries spread out.
 IO_RETRIES = 3
@@ -51,11 +55,19 @@ def content_cache(stage: str, version: str, *, ignore: tuple[str, ...] = ()) -> 
     return CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE
 
 
+def cached_call(task: Task[P, R], *args: Any, force: bool = False, outputs_present: bool = True, **kwargs: Any) -> R:
+    """Call a cached task, recomputing (and overwriting its cache entry) when forced or when the outputs a
+    cached result would point at are gone, so a cache hit never hands on a deleted folder."""
+    if force or not outputs_present:
+        task = task.with_options(refresh_cache=True)
+    return task(*args, **kwargs)
+
+
 def retry_on_transient(_task: Any, _task_run: Any, state: Any) -> bool:
     """Retry connection failures, timeouts, 429 and 5xx; fail at once on bad SQL, 4xx and bad input."""
     try:
         state.result(raise_on_failure=True)
-    except BaseException as exc:  # noqa: BLE001 - classifying, not handling
+    except BaseException as exc:
         return is_transient(exc)
     return False
 

@@ -5,17 +5,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import codeparrot  # noqa: F401 - applies the offline / telemetry environment before Prefect loads
+
+if TYPE_CHECKING:
+    from codeparrot.gcp import GCPConfig
+    from codeparrot.services.emulators import EmbeddedServices, Endpoints
 
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A session-scoped Prefect API with results in a fresh folder (no stale cache hits across sessions)."""
     storage = tmp_path_factory.mktemp("prefect-results")
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     timeout = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
@@ -24,3 +33,31 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         prefect_test_harness(server_startup_timeout=timeout),
     ):
         yield storage
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServices]:
+    """Both emulators for the whole session (no seed: tests build the tables they need)."""
+    from codeparrot.services.emulators import EmbeddedServices, patched_environ
+
+    svc = EmbeddedServices(tmp_path_factory.mktemp("services"))
+    with svc as endpoints, patched_environ(endpoints.environ()):
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def embedded_services(services: EmbeddedServices) -> Endpoints:
+    return services.endpoints()
+
+
+@pytest.fixture
+def gcp(embedded_services: Endpoints) -> GCPConfig:
+    from codeparrot.gcp import GCPConfig
+
+    return GCPConfig(
+        project=embedded_services.project,
+        bigquery_endpoint=embedded_services.bigquery,
+        storage_endpoint=embedded_services.storage,
+        retry_deadline_s=60,
+    )
+

@@ -262,11 +262,7 @@ def build_seed(cfg: SeedConfig, out_dir: Path) -> dict[str, Any]:
     repos = sorted({r["repo_name"] for r in files_rows})
     license_rows = [{"repo_name": r, "license": licenses[r]} for r in repos if licenses.get(r)]
     for name, rows in (("files", files_rows), ("contents", list(contents.values())), ("licenses", license_rows)):
-        tmp = out_dir / f".{name}.json.gz.tmp"
-        with gzip.GzipFile(tmp, "wb", compresslevel=1, mtime=0) as fh:
-            for row in rows:
-                fh.write(orjson.dumps(row) + b"\n")
-        os.replace(tmp, out_dir / f"{name}.json.gz")
+        write_table(rows, out_dir / f"{name}.json.gz")
     stats = {
         "files": len(files_rows),
         "contents": len(contents),
@@ -293,6 +289,33 @@ def seed_fingerprint(cfg: SeedConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def load_tables(client: Any, dataset_id: str, gs_folder: str) -> None:
+    """Load `<gs_folder>/{files,contents,licenses}.json.gz` into `dataset_id`, replacing the tables."""
+    from google.cloud import bigquery
+
+    for table, schema in SCHEMAS.items():
+        job = client.load_table_from_uri(
+            f"{gs_folder}/{table}.json.gz",
+            f"{dataset_id}.{table}",
+            job_config=bigquery.LoadJobConfig(
+                schema=[bigquery.SchemaField(n, t) for n, t in schema],
+                source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+            ),
+        )
+        job.result(timeout=600)
+
+
+def write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    """NDJSON.gz, atomically and byte-reproducibly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with gzip.GzipFile(tmp, "wb", compresslevel=1, mtime=0) as fh:
+        for row in rows:
+            fh.write(orjson.dumps(row) + b"\n")
+    os.replace(tmp, path)
+
+
 def ensure_seed(client: Any, cfg: SeedConfig, local_gcs_root: str | os.PathLike[str]) -> dict[str, Any]:
     """Build (once) and load (once) the seed into the emulator behind `client`; returns its stats."""
     from google.cloud import bigquery
@@ -314,17 +337,7 @@ def ensure_seed(client: Any, cfg: SeedConfig, local_gcs_root: str | os.PathLike[
     ds = bigquery.Dataset(dataset_id)
     ds.labels = {"seed": "loading"}
     client.create_dataset(ds, exists_ok=True)
-    for table, schema in SCHEMAS.items():
-        job = client.load_table_from_uri(
-            f"gs://{SEED_BUCKET}/{fp}/{table}.json.gz",
-            f"{dataset_id}.{table}",
-            job_config=bigquery.LoadJobConfig(
-                schema=[bigquery.SchemaField(n, t) for n, t in schema],
-                source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-            ),
-        )
-        job.result(timeout=600)
+    load_tables(client, dataset_id, f"gs://{SEED_BUCKET}/{fp}")
     ds = client.get_dataset(dataset_id)
     ds.labels = {"seed": fp}
     client.update_dataset(ds, ["labels"])

@@ -1,0 +1,70 @@
+"""Builders of small test inputs shared across test modules (each test builds its own data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codeparrot.gcp import GCPConfig, bigquery_client
+from codeparrot.services.seed import load_tables, write_table
+
+SRC_PROJECT = "source-project"
+KIB = "k" * 1024
+
+
+def content(n: int, tag: str) -> str:
+    return (tag + "\n" + "x" * n)[:n]
+
+
+def seed_rows(license_r2: str | None = None) -> dict[str, list[dict]]:
+    """A github_repos with one row per WHERE clause of the query, including its boundaries."""
+    blobs = {
+        "ok": content(2048, "ok"),
+        "small": content(1023, "small"),
+        "lo": content(1024, "lo"),
+        "hi": content(1048575, "hi"),
+        "huge": content(1048576, "huge"),
+        "bin": None,
+        "txt": content(2048, "txt"),
+        "nolic": content(2048, "nolic"),
+    }
+    files = [
+        ("r1", "pkg/ok.py", "ok"), ("r3", "vendored/ok.py", "ok"),  # same blob in two repos: copies = 2
+        ("r1", "pkg/small.py", "small"), ("r1", "pkg/lo.py", "lo"), ("r1", "pkg/hi.py", "hi"),
+        ("r1", "pkg/huge.py", "huge"), ("r1", "pkg/bin.py", "bin"), ("r1", "pkg/notes.txt", "txt"),
+        ("r1", "pkg/ok.py.bak", "txt"), ("r2", "lib/nolic.py", "nolic"),
+    ]  # fmt: skip
+    copies = {b: sum(1 for f in files if f[2] == b) for b in blobs}
+    return {
+        "files": [{"repo_name": r, "ref": "refs/heads/main", "path": p, "mode": 33188, "id": b} for r, p, b in files],
+        "contents": [
+            {"id": b, "size": 4096 if c is None else len(c), "content": c, "binary": c is None, "copies": copies[b]}
+            for b, c in blobs.items()
+        ],
+        "licenses": [{"repo_name": "r1", "license": "mit"}, {"repo_name": "r3", "license": "apache-2.0"}]
+        + ([{"repo_name": "r2", "license": license_r2}] if license_r2 else []),
+    }
+
+
+def load_source(embedded_services, gcp: GCPConfig, name: str, rows: dict[str, list[dict]]) -> None:
+    folder = Path(embedded_services.bigquery_local_gcs_root) / "test-seeds" / name
+    for table, table_rows in rows.items():
+        write_table(table_rows, folder / f"{table}.json.gz")
+    from google.cloud import bigquery
+
+    client = bigquery_client(gcp)
+    client.create_dataset(bigquery.Dataset(f"{SRC_PROJECT}.github_repos"), exists_ok=True)
+    load_tables(client, f"{SRC_PROJECT}.github_repos", f"gs://test-seeds/{name}")
+
+
+def task_run_states(flow_state) -> dict[str, list[str]]:
+    """Task name -> state names of every task run of a finished flow run (for cache-hit assertions)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return states
