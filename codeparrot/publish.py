@@ -1,0 +1,428 @@
+"""Publish stage: train/valid split, Parquet shards in the Hub layout, a dataset card, and a push.
+
+- Split by a seeded hash of `repo_name`, so every repository sits on one side and near-copies inside a
+  repository cannot leak from train into validation. Deterministic whatever the input order.
+- Layout: `data/{split}-00000-of-000NN.parquet` plus `README.md` whose YAML declares the configs and
+  splits, so `datasets.load_dataset(folder)` reads both splits as they are named here.
+- Target: a Hugging Face Hub dataset repo when `hub_repo` and a token are configured (one commit for the
+  whole folder, skipped when the head already holds the same content hash), else the embedded stand-in: a
+  local folder per repo with immutable `revisions/<id>/`, a `main` link moved atomically, and a
+  `revisions.jsonl` log. Concurrent publishers serialise on a file lock.
+
+The revision id is the content hash of the built folder: downstream stages key their caches on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from codeparrot.config import StageConfig
+from codeparrot.env import home
+from codeparrot.errors import ConfigError, DataError, PermanentServiceError, ServiceError
+from codeparrot.shards import BadRecord, Record, iter_records, list_shards
+
+log = logging.getLogger(__name__)
+
+PUBLISH_VERSION = "1"
+SPLITS = ("train", "valid")
+COLUMNS = ("repo_name", "path", "copies", "size", "content", "license")
+SCHEMA = pa.schema(
+    [
+        ("repo_name", pa.string()),
+        ("path", pa.string()),
+        ("copies", pa.int64()),
+        ("size", pa.int64()),
+        ("content", pa.large_string()),
+        ("license", pa.string()),
+    ]
+)
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PublishConfig(StageConfig):
+    """How the curated data is split, written and pushed."""
+
+    valid_fraction: float = Field(
+        0.05, gt=0, lt=0.5, description="Share of repositories in validation (by a hash of repo_name)."
+    )
+    seed: int = Field(0, description="Salt of the split hash: another seed, another split.")
+    max_shard_mib: float = Field(256.0, gt=0, description="Parquet shard size before a new shard starts.")
+    row_group_rows: int = Field(1000, ge=1, description="Rows per Parquet row group (the unit readers stream).")
+    dataset_name: str = Field("codeparrot/codeparrot-clean", description="owner/name of the dataset repo.")
+    hub_repo: str | None = Field(None, description="Hugging Face Hub dataset repo; empty publishes locally.")
+    hub_private: bool = Field(True, description="Create the Hub repo private.")
+    hub_token: SecretStr | None = Field(None, description="Hub token; else HF_TOKEN from the environment.", repr=False)
+    local_hub: Path = Field(default_factory=lambda: home() / "hub", description="The local stand-in for the Hub.")
+
+    volatile_fields: ClassVar[frozenset[str]] = frozenset({"hub_token", "hub_private", "local_hub", "hub_repo"})
+
+    @field_validator("hub_repo", "dataset_name")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not _REPO_RE.match(v):
+            raise ValueError(f"repo {v!r} must look like 'owner/name' (letters, digits, '-', '_', '.')")
+        return v
+
+    def token(self) -> str | None:
+        if self.hub_token is not None:
+            return self.hub_token.get_secret_value()
+        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+class SplitStats(BaseModel):
+    files: int = 0
+    bytes: int = 0
+    repos: int = 0
+    shards: int = 0
+
+
+class PublishResult(BaseModel):
+    """Where the dataset was published and its revision (what downstream caches key on)."""
+
+    target: str
+    repo: str
+    revision: str
+    path: str | None
+    url: str
+    splits: dict[str, SplitStats]
+    skipped: bool = False
+
+    def identity(self) -> str:
+        return self.revision
+
+
+def split_of(repo_name: str, cfg: PublishConfig) -> str:
+    """'valid' for a seeded-hash share of repositories, else 'train'."""
+    digest = hashlib.sha256(f"{cfg.seed}:{repo_name}".encode()).digest()
+    return "valid" if int.from_bytes(digest[:8], "big") / 2**64 < cfg.valid_fraction else "train"
+
+
+class _SplitWriter:
+    """Parquet shards of one split, written under temporary names until the total count is known."""
+
+    def __init__(self, folder: Path, split: str, cfg: PublishConfig) -> None:
+        self.folder, self.split, self.cfg = folder, split, cfg
+        self.parts: list[Path] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.rows: list[Record] = []
+        self.shard_bytes = 0
+        self.stats = SplitStats()
+        self.repos: set[str] = set()
+        self.licenses: Counter[str] = Counter()
+
+    def add(self, rec: Record) -> None:
+        self.rows.append(rec)
+        size = len(rec["content"])
+        self.stats.files += 1
+        self.stats.bytes += int(rec.get("size") or size)
+        self.repos.add(rec["repo_name"])
+        self.licenses[str(rec.get("license"))] += 1
+        self.shard_bytes += size
+        if len(self.rows) >= self.cfg.row_group_rows:
+            self._flush()
+        if self.shard_bytes >= self.cfg.max_shard_mib * 2**20:
+            self._close()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        if self.writer is None:
+            part = self.folder / f".{self.split}-{len(self.parts):05d}.parquet.part"
+            self.parts.append(part)
+            self.writer = pq.ParquetWriter(part, SCHEMA, compression="zstd")
+        table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in self.rows], schema=SCHEMA)
+        self.writer.write_table(table, row_group_size=self.cfg.row_group_rows)
+        self.rows = []
+
+    def _close(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.shard_bytes = 0
+
+    def finish(self) -> list[Path]:
+        self._close()
+        if not self.parts:  # an empty split still gets one (empty) shard so loaders find it
+            self.parts.append(self.folder / f".{self.split}-00000.parquet.part")
+            pq.write_table(SCHEMA.empty_table(), self.parts[0], compression="zstd")
+        n = len(self.parts)
+        final = []
+        for i, part in enumerate(self.parts):
+            target = self.folder / f"{self.split}-{i:05d}-of-{n:05d}.parquet"
+            os.replace(part, target)
+            final.append(target)
+        self.stats.shards = n
+        self.stats.repos = len(self.repos)
+        return final
+
+
+def _records(in_dir: Path, strict: bool) -> Iterator[Record]:
+    for item in iter_records(list_shards(in_dir), strict=strict):
+        if isinstance(item, BadRecord):
+            raise DataError(f"curated data should be clean but {item.describe()}: re-run curate")
+        yield item
+
+
+def build_dataset(
+    records: Iterable[Record], out: Path, cfg: PublishConfig, provenance: dict[str, Any] | None = None
+) -> dict[str, SplitStats]:
+    """Write `out/data/*.parquet` and `out/README.md` from records; returns per-split stats."""
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    writers = {s: _SplitWriter(data, s, cfg) for s in SPLITS}
+    for rec in records:
+        writers[split_of(rec["repo_name"], cfg)].add(rec)
+    for w in writers.values():
+        w.finish()
+    stats = {s: w.stats for s, w in writers.items()}
+    licenses = Counter[str]()
+    for w in writers.values():
+        licenses.update(w.licenses)
+    for split, other in (("valid", "train"), ("train", "valid")):
+        if stats[split].files == 0:
+            raise DataError(
+                f"the {split} split is empty ({stats[other].repos} repositories, all in {other}): "
+                f"adjust valid_fraction ({cfg.valid_fraction}) or the seed, or publish more repositories"
+            )
+    (out / "README.md").write_text(dataset_card(cfg, stats, licenses, provenance or {}))
+    return stats
+
+
+def dataset_card(cfg: PublishConfig, stats: dict[str, SplitStats], licenses: Counter[str], prov: dict[str, Any]) -> str:
+    """The dataset card: YAML metadata for loaders and the Hub, then provenance a reader can audit."""
+    lic = sorted(k for k in licenses if k and k != "None")
+    yaml_lines = [
+        "---",
+        "license: other",
+        "license_name: mixed-permissive" if lic else "license_name: unknown",
+        "license_details: " + json.dumps(", ".join(lic)),
+        "language:",
+        "- code",
+        "tags:",
+        "- code",
+        "- python",
+        "- codeparrot",
+        "pretty_name: " + json.dumps(cfg.dataset_name),
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+    ]
+    for s in SPLITS:
+        yaml_lines += [f"  - split: {s}", f"    path: data/{s}-*"]
+    yaml_lines += ["dataset_info:", "  features:"]
+    for field in SCHEMA:
+        dtype = "int64" if pa.types.is_integer(field.type) else "string"
+        yaml_lines += [f"  - name: {field.name}", f"    dtype: {dtype}"]
+    yaml_lines += ["  splits:"]
+    for s in SPLITS:
+        yaml_lines += [f"  - name: {s}", f"    num_bytes: {stats[s].bytes}", f"    num_examples: {stats[s].files}"]
+    yaml_lines.append("---")
+
+    rows = "\n".join(f"| {s} | {stats[s].files} | {stats[s].bytes / 2**20:.1f} | {stats[s].repos} | {stats[s].shards} |" for s in SPLITS)
+    lic_rows = "\n".join(f"| {k} | {licenses[k]} |" for k in lic)
+    body = [
+        f"# {cfg.dataset_name}",
+        "",
+        "Python files from GitHub (`bigquery-public-data.github_repos`), filtered and deduplicated with the "
+        "CodeParrot recipe by CodeParrot Flows. Each row is one file: `repo_name`, `path`, `copies`, `size`, "
+        "`content`, `license`.",
+        "",
+        "## Splits",
+        "",
+        f"Repositories are assigned whole to one split by a hash of `repo_name` (seed {cfg.seed}, "
+        f"validation share {cfg.valid_fraction}), so files of one repository never straddle train and validation.",
+        "",
+        "| split | files | MiB | repositories | shards |",
+        "|---|---|---|---|---|",
+        rows,
+        "",
+        "## Licenses",
+        "",
+        "| license | files |",
+        "|---|---|",
+        lic_rows,
+        "",
+        "## Provenance",
+        "",
+    ]
+    if prov.get("snapshot_id"):
+        body.append(f"- Source snapshot: `{prov['snapshot_id']}`")
+    if prov.get("export_uri"):
+        body.append(f"- Export: `{prov['export_uri']}` ({prov.get('export_rows', '?')} rows)")
+    if prov.get("sql"):
+        body += ["", "Query:", "", "```sql", prov["sql"], "```"]
+    counts = prov.get("counts")
+    if counts:
+        body += ["", "Row counts at each stage:", "", "| stage | records in | kept | dropped |", "|---|---|---|---|"]
+        body += [f"| {c['stage']} | {c['in']} | {c['kept']} | {c['dropped']} |" for c in counts]
+    dropped = prov.get("dropped")
+    if dropped:
+        body += ["", "Dropped records by reason:", "", "| reason | records |", "|---|---|"]
+        body += [f"| {k} | {v} |" for k, v in sorted(dropped.items())]
+    if prov.get("curation"):
+        body += ["", "Curation and dedup parameters:", "", "```json", json.dumps(prov["curation"], indent=2, sort_keys=True), "```"]
+    return "\n".join(yaml_lines) + "\n\n" + "\n".join(body) + "\n"
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over relative paths and bytes of every file: the dataset's content identity."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def publish_local(folder: Path, cfg: PublishConfig, content_hash: str) -> PublishResult:
+    """Move a built folder into the local Hub stand-in as an immutable revision and point `main` at it."""
+    repo_dir = cfg.local_hub / "datasets" / cfg.dataset_name
+    revision = content_hash[:12]
+    target = repo_dir / "revisions" / revision
+    with _locked(repo_dir / ".lock"):
+        head = repo_dir / "main"
+        skipped = target.exists() and head.is_symlink() and os.readlink(head) == f"revisions/{revision}"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder, target)
+        if not skipped:
+            link = repo_dir / f".main.{os.getpid()}"
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"revisions/{revision}")
+            os.replace(link, head)  # atomic: readers see the old revision or the new one
+            entry = {"revision": revision, "content_sha256": content_hash, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            with open(repo_dir / "revisions.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+    return PublishResult(
+        target="local", repo=cfg.dataset_name, revision=revision, path=str(target), url=target.as_uri(), splits={}, skipped=skipped
+    )
+
+
+def publish_hub(folder: Path, cfg: PublishConfig, content_hash: str, api: Any = None) -> PublishResult:
+    """One commit of the whole folder to the Hub repo, skipped when its head has the same content hash."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    assert cfg.hub_repo is not None
+    if constants.HF_HUB_OFFLINE and api is None:
+        raise ConfigError("HF_HUB_OFFLINE=1 is set but hub_repo is configured: set HF_HUB_OFFLINE=0 to push to the Hub")
+    token = cfg.token()
+    if token is None and api is None:
+        raise ConfigError(f"hub_repo {cfg.hub_repo} needs a token: set HF_TOKEN or the publish hub_token (a Secret block)")
+    api = api or HfApi(token=token)
+    marker = f"codeparrot-content: {content_hash}"
+    try:
+        api.create_repo(cfg.hub_repo, repo_type="dataset", private=cfg.hub_private, exist_ok=True)
+        commits = api.list_repo_commits(cfg.hub_repo, repo_type="dataset")
+        head = commits[0] if commits else None
+        if head is not None and marker in (head.message or ""):
+            return PublishResult(
+                target="hub", repo=cfg.hub_repo, revision=head.commit_id, path=None,
+                url=f"https://huggingface.co/datasets/{cfg.hub_repo}/tree/{head.commit_id}", splits={}, skipped=True,
+            )  # fmt: skip
+        info = api.upload_folder(
+            repo_id=cfg.hub_repo,
+            repo_type="dataset",
+            folder_path=str(folder),
+            commit_message=f"Publish dataset ({content_hash[:12]})",
+            commit_description=marker,
+            delete_patterns=["data/*.parquet"],
+        )
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None and status < 500 and status != 429:
+            raise PermanentServiceError(f"the Hub refused the push to {cfg.hub_repo} ({status}): {exc}") from exc
+        raise ServiceError(f"the Hub failed during the push to {cfg.hub_repo}: {exc}; retry later") from exc
+    revision = getattr(info, "oid", None) or str(info)
+    return PublishResult(
+        target="hub", repo=cfg.hub_repo, revision=revision, path=None,
+        url=f"https://huggingface.co/datasets/{cfg.hub_repo}/tree/{revision}", splits={},
+    )  # fmt: skip
+
+
+def publish(
+    in_dir: str | os.PathLike[str],
+    cfg: PublishConfig,
+    *,
+    provenance: dict[str, Any] | None = None,
+    api: Any = None,
+) -> PublishResult:
+    """Split and write the curated shards of `in_dir`, then push to the configured target."""
+    in_path = Path(in_dir)
+    if provenance is None:
+        stats_file = in_path / "stats.json"
+        provenance = {"dropped": json.loads(stats_file.read_text()).get("dropped", {})} if stats_file.exists() else {}
+    staging_root = cfg.local_hub / ".staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=staging_root) as tmp:
+        build = Path(tmp) / "dataset"
+        stats = build_dataset(_records(in_path, strict=False), build, cfg, provenance)
+        content_hash = folder_hash(build)
+        if cfg.hub_repo:
+            result = publish_hub(build, cfg, content_hash, api=api)
+        else:
+            result = publish_local(build, cfg, content_hash)
+    result.splits = stats
+    log.info(
+        "published %s revision %s (%s): train %d files, valid %d files%s",
+        result.repo, result.revision, result.target, stats["train"].files, stats["valid"].files,
+        " (unchanged, skipped)" if result.skipped else "",
+    )  # fmt: skip
+    return result
+
+
+def published_path(cfg: PublishConfig, revision: str | None = None) -> Path:
+    """The local folder of a published revision (default: the head)."""
+    repo_dir = cfg.local_hub / "datasets" / cfg.dataset_name
+    return (repo_dir / "revisions" / revision) if revision else (repo_dir / "main").resolve()
+
+
+@click.command("publish")
+@click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--hub-repo", default=None, help="owner/name of a Hub dataset repo (needs HF_TOKEN, HF_HUB_OFFLINE=0).")
+@click.option("--dataset-name", default=None, help="owner/name for the local stand-in (default codeparrot/codeparrot-clean).")
+@click.option("--valid-fraction", type=float, default=None, help="Share of repositories in validation.")
+@click.option("--seed", type=int, default=None, help="Salt of the split hash.")
+@click.option("--local-hub", type=click.Path(path_type=Path), default=None, help="Folder standing in for the Hub.")
+def publish_command(in_dir: Path, **options: Any) -> None:
+    """Split IN_DIR (curated shards) into train/valid Parquet with a dataset card and publish it."""
+    try:
+        cfg = PublishConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    result = publish(in_dir, cfg)
+    click.echo(f"{'unchanged' if result.skipped else 'published'} {result.repo}@{result.revision}: {result.url}")
+    for s, st in result.splits.items():
+        click.echo(f"  {s:5}: {st.files} files, {st.bytes / 2**20:.1f} MiB, {st.repos} repositories, {st.shards} shards")
