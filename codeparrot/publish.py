@@ -14,15 +14,12 @@ The revision id is the content hash of the built folder: downstream stages key t
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,7 +32,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from codeparrot.config import StageConfig
 from codeparrot.env import home
-from codeparrot.errors import ConfigError, DataError, PermanentServiceError, ServiceError
+from codeparrot.errors import ConfigError, DataError
+from codeparrot.hub import PushResult, folder_hash, local_repo_dir, push_hub, push_local
 from codeparrot.shards import BadRecord, Record, iter_records, list_shards
 
 log = logging.getLogger(__name__)
@@ -95,16 +93,10 @@ class SplitStats(BaseModel):
     shards: int = 0
 
 
-class PublishResult(BaseModel):
+class PublishResult(PushResult):
     """Where the dataset was published and its revision (what downstream caches key on)."""
 
-    target: str
-    repo: str
-    revision: str
-    path: str | None
-    url: str
     splits: dict[str, SplitStats]
-    skipped: bool = False
 
     def identity(self) -> str:
         return self.revision
@@ -284,94 +276,6 @@ def dataset_card(cfg: PublishConfig, stats: dict[str, SplitStats], licenses: Cou
     return "\n".join(yaml_lines) + "\n\n" + "\n".join(body) + "\n"
 
 
-def folder_hash(folder: Path) -> str:
-    """sha256 over relative paths and bytes of every file: the dataset's content identity."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def publish_local(folder: Path, cfg: PublishConfig, content_hash: str) -> PublishResult:
-    """Move a built folder into the local Hub stand-in as an immutable revision and point `main` at it."""
-    repo_dir = cfg.local_hub / "datasets" / cfg.dataset_name
-    revision = content_hash[:12]
-    target = repo_dir / "revisions" / revision
-    with _locked(repo_dir / ".lock"):
-        head = repo_dir / "main"
-        skipped = target.exists() and head.is_symlink() and os.readlink(head) == f"revisions/{revision}"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(folder, target)
-        if not skipped:
-            link = repo_dir / f".main.{os.getpid()}"
-            link.unlink(missing_ok=True)
-            link.symlink_to(f"revisions/{revision}")
-            os.replace(link, head)  # atomic: readers see the old revision or the new one
-            entry = {"revision": revision, "content_sha256": content_hash, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            with open(repo_dir / "revisions.jsonl", "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
-    return PublishResult(
-        target="local", repo=cfg.dataset_name, revision=revision, path=str(target), url=target.as_uri(), splits={}, skipped=skipped
-    )
-
-
-def publish_hub(folder: Path, cfg: PublishConfig, content_hash: str, api: Any = None) -> PublishResult:
-    """One commit of the whole folder to the Hub repo, skipped when its head has the same content hash."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    assert cfg.hub_repo is not None
-    if constants.HF_HUB_OFFLINE and api is None:
-        raise ConfigError("HF_HUB_OFFLINE=1 is set but hub_repo is configured: set HF_HUB_OFFLINE=0 to push to the Hub")
-    token = cfg.token()
-    if token is None and api is None:
-        raise ConfigError(f"hub_repo {cfg.hub_repo} needs a token: set HF_TOKEN or the publish hub_token (a Secret block)")
-    api = api or HfApi(token=token)
-    marker = f"codeparrot-content: {content_hash}"
-    try:
-        api.create_repo(cfg.hub_repo, repo_type="dataset", private=cfg.hub_private, exist_ok=True)
-        commits = api.list_repo_commits(cfg.hub_repo, repo_type="dataset")
-        head = commits[0] if commits else None
-        if head is not None and marker in (head.message or ""):
-            return PublishResult(
-                target="hub", repo=cfg.hub_repo, revision=head.commit_id, path=None,
-                url=f"https://huggingface.co/datasets/{cfg.hub_repo}/tree/{head.commit_id}", splits={}, skipped=True,
-            )  # fmt: skip
-        info = api.upload_folder(
-            repo_id=cfg.hub_repo,
-            repo_type="dataset",
-            folder_path=str(folder),
-            commit_message=f"Publish dataset ({content_hash[:12]})",
-            commit_description=marker,
-            delete_patterns=["data/*.parquet"],
-        )
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status is not None and status < 500 and status != 429:
-            raise PermanentServiceError(f"the Hub refused the push to {cfg.hub_repo} ({status}): {exc}") from exc
-        raise ServiceError(f"the Hub failed during the push to {cfg.hub_repo}: {exc}; retry later") from exc
-    revision = getattr(info, "oid", None) or str(info)
-    return PublishResult(
-        target="hub", repo=cfg.hub_repo, revision=revision, path=None,
-        url=f"https://huggingface.co/datasets/{cfg.hub_repo}/tree/{revision}", splits={},
-    )  # fmt: skip
-
-
 def publish(
     in_dir: str | os.PathLike[str],
     cfg: PublishConfig,
@@ -391,10 +295,13 @@ def publish(
         stats = build_dataset(_records(in_path, strict=False), build, cfg, provenance)
         content_hash = folder_hash(build)
         if cfg.hub_repo:
-            result = publish_hub(build, cfg, content_hash, api=api)
+            pushed = push_hub(
+                build, cfg.hub_repo, "dataset", token=cfg.token(), private=cfg.hub_private,
+                content_hash=content_hash, delete_patterns=["data/*.parquet"], api=api,
+            )  # fmt: skip
         else:
-            result = publish_local(build, cfg, content_hash)
-    result.splits = stats
+            pushed = push_local(build, cfg.local_hub, "dataset", cfg.dataset_name, content_hash)
+    result = PublishResult(**pushed.model_dump(), splits=stats)
     log.info(
         "published %s revision %s (%s): train %d files, valid %d files%s",
         result.repo, result.revision, result.target, stats["train"].files, stats["valid"].files,
@@ -405,7 +312,7 @@ def publish(
 
 def published_path(cfg: PublishConfig, revision: str | None = None) -> Path:
     """The local folder of a published revision (default: the head)."""
-    repo_dir = cfg.local_hub / "datasets" / cfg.dataset_name
+    repo_dir = local_repo_dir(cfg.local_hub, "dataset", cfg.dataset_name)
     return (repo_dir / "revisions" / revision) if revision else (repo_dir / "main").resolve()
 
 

@@ -9,7 +9,8 @@ import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
 from codeparrot.errors import ConfigError, DataError, PermanentServiceError, ServiceError
-from codeparrot.publish import PublishConfig, folder_hash, publish, published_path, split_of
+from codeparrot.hub import folder_hash
+from codeparrot.publish import PublishConfig, publish, published_path, split_of
 from codeparrot.shards import write_shards
 
 
