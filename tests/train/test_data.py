@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codeparrot.dataset import iter_texts
+from codeparrot.errors import DataError
+from codeparrot.packing import open_token_file
+from codeparrot.train.data import (
+    PackedLoader,
+    load_tokenizer,
+    open_tokens,
+    pretokenize,
+    token_cache_dir,
+    validation_batches,
+)
+from codeparrot.train.identity import tokenizer_hash
+
+
+def test_token_files_hold_every_file_followed_by_eos(corpus) -> None:
+    tok = load_tokenizer(corpus.tokenizer)
+    paths = pretokenize(corpus.data, corpus.tokenizer, corpus.token_cache)
+    valid = open_token_file(paths["valid"])
+    texts = list(iter_texts(corpus.data, "valid"))
+    expected: list[int] = []
+    for text in texts:
+        expected += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert valid is not None
+    assert valid.tolist() == expected
+    assert int((valid == tok.eos_token_id).sum()) == len(texts)
+
+
+def test_pretokenize_is_cached_on_dataset_and_tokenizer(corpus, tmp_path) -> None:
+    paths = pretokenize(corpus.data, corpus.tokenizer, corpus.token_cache)
+    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+    assert pretokenize(corpus.data, corpus.tokenizer, corpus.token_cache) == paths
+    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
+    assert paths["train"].parent == token_cache_dir(corpus.data, corpus.tokenizer, corpus.token_cache)
+    assert tokenizer_hash(corpus.tokenizer) in paths["train"].parent.name
+
+
+def test_incomplete_token_file_is_rebuilt(corpus, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    paths = pretokenize(corpus.data, corpus.tokenizer, cache)
+    good = paths["valid"].read_bytes()
+    paths["valid"].write_bytes(good[: len(good) // 2])  # a crash mid-write leaves a short file
+    assert open_token_file(paths["valid"]) is None
+    pretokenize(corpus.data, corpus.tokenizer, cache)
+    assert paths["valid"].read_bytes() == good
+
+
+def _tokens(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.uint16)
+
+
+def test_loader_serves_each_block_once_per_epoch_in_a_seeded_order() -> None:
+    tokens = _tokens(10 * 4 + 3)  # 10 blocks of 4, a 3-token tail never used
+    a = PackedLoader(tokens, 4, 2, seed=7)
+    firsts = [row[0] // 4 for _ in range(5) for row in a.next_batch()]
+    assert sorted(firsts) == list(range(10))
+    assert firsts != list(range(10))  # shuffled
+    b = PackedLoader(tokens, 4, 2, seed=7)
+    assert [row[0] // 4 for _ in range(5) for row in b.next_batch()] == firsts
+    c = PackedLoader(tokens, 4, 2, seed=8)
+    assert [row[0] // 4 for _ in range(5) for row in c.next_batch()] != firsts
+    # the next epoch is a fresh permutation of the same blocks
+    second = [row[0] // 4 for _ in range(5) for row in a.next_batch()]
+    assert sorted(second) == list(range(10)) and second != firsts
+    assert a.epoch == 2.0
+
+
+def test_loader_resumes_at_the_next_unseen_sequence() -> None:
+    tokens = _tokens(64 * 16)
+    straight = PackedLoader(tokens, 16, 3, seed=1)
+    expected = [straight.next_batch() for _ in range(30)]
+    first = PackedLoader(tokens, 16, 3, seed=1)
+    got = [first.next_batch() for _ in range(11)]
+    state = first.state_dict()
+    resumed = PackedLoader(tokens, 16, 3, seed=1)
+    resumed.load_state_dict(state)
+    got += [resumed.next_batch() for _ in range(19)]
+    assert all(np.array_equal(x, y) for x, y in zip(expected, got, strict=True))
+
+
+def test_loader_refuses_state_of_other_data() -> None:
+    state = PackedLoader(_tokens(640), 16, 2, seed=1).state_dict()
+    with pytest.raises(DataError, match="token data changed"):
+        PackedLoader(_tokens(1280), 16, 2, seed=1).load_state_dict(state)
+
+
+def test_ranks_split_each_global_batch_without_overlap() -> None:
+    tokens = _tokens(16 * 40)
+    single = PackedLoader(tokens, 16, 4, seed=3)
+    ranks = [PackedLoader(tokens, 16, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(5):
+        whole = single.next_batch()
+        parts = np.concatenate([r.next_batch() for r in ranks])
+        assert np.array_equal(whole, parts)
+    assert single.consumed == ranks[0].consumed == ranks[1].consumed == 20
+
+
+def test_validation_batches_cover_the_first_blocks_across_ranks() -> None:
+    tokens = _tokens(16 * 10)
+    seen = [row[0] // 16 for r in range(3) for b in validation_batches(tokens, 16, 2, 7, rank=r, world_size=3) for row in b]
+    assert sorted(seen) == list(range(7))
+
+
+def test_open_tokens_needs_one_full_sequence(tmp_path) -> None:
+    from codeparrot.packing import write_token_file
+
+    path = tmp_path / "t.bin"
+    write_token_file([[[1, 2, 3]]], path, eos_id=0, vocab_size=10)
+    with pytest.raises(DataError, match="shorter seq_length"):
+        open_tokens(path, 64)
+    with pytest.raises(DataError, match="missing or incomplete"):
+        open_tokens(tmp_path / "none.bin", 4)

@@ -1,0 +1,162 @@
+"""The loop in-process: outputs, idempotent reruns, resume guards, schedule and optimizer groups."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from codeparrot.cli import main as cli_main
+from codeparrot.errors import ConfigError
+from codeparrot.train.checkpoint import MARKER, LocalStore
+from codeparrot.train.config import ModelOverrides, TrainConfig
+from codeparrot.train.loop import WarmupCosine, param_groups, train
+from codeparrot.train.presets import build_model
+
+
+def _config(corpus, **fields) -> TrainConfig:
+    base = {
+        "max_steps": 30, "batch_size": 8, "seq_length": 64, "save_every": 10, "log_every": 5, "eval_every": 10,
+        "eval_sequences": 64, "warmup_steps": 5, "token_cache": str(corpus.token_cache),
+    }
+    return TrainConfig(**{**base, **fields})
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("loop") / "run"
+    config = _config(corpus)
+    return config, out, train(config, corpus.data, corpus.tokenizer, out)
+
+
+def test_final_model_loads_with_from_pretrained_and_pipeline(finished) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    _, out, result = finished
+    assert result.final == out / "final" and result.step == 30 and result.tokens == 30 * 8 * 64
+    assert (out / "final" / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    assert model.config.n_layer == 2 and model.config.vocab_size == len(tok)
+    generator = pipeline("text-generation", model=model, tokenizer=tok)
+    text = generator("def add(a, b):", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("def add(a, b):") and len(text) > len("def add(a, b):")
+
+
+def test_metrics_checkpoints_and_tensorboard(finished) -> None:
+    _, out, result = finished
+    evs = _events(out)
+    kinds = [e["event"] for e in evs]
+    assert kinds[0] == "start" and kinds[-1] == "completed"
+    assert [e["step"] for e in evs if e["event"] == "train"] == [5, 10, 15, 20, 25, 30]
+    assert [e["step"] for e in evs if e["event"] == "eval"] == [0, 10, 20, 30]
+    assert [e["step"] for e in evs if e["event"] == "checkpoint"] == [10, 20, 30]
+    train_events = [e for e in evs if e["event"] == "train"]
+    assert all(e["tokens_per_s"] > 0 and e["mfu"] is None for e in train_events)  # no MFU on CPU
+    evals = [e["val_loss"] for e in evs if e["event"] == "eval"]
+    assert evals[-1] < evals[0] and result.val_loss == evals[-1]
+    assert LocalStore(out / "checkpoints").committed_steps() == [20, 30]  # keep_last=2
+    assert any((out / "tensorboard").iterdir())
+
+
+def test_rerun_of_a_finished_run_is_a_no_op(finished, corpus) -> None:
+    config, out, result = finished
+    stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    again = train(config.model_copy(update={"log_every": 1}), corpus.data, corpus.tokenizer, out)
+    assert again == result
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert _events(out)[-1] | {"time": 0} == {
+        "event": "completed", "time": 0, "step": 30, "final": str(out / "final"), "val_loss": result.val_loss,
+        "tokens": result.tokens, "cached": True,
+    }
+
+
+def _copy_checkpoints(out: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copytree(out / "checkpoints", dest / "checkpoints")
+    return dest
+
+
+def test_changed_config_refuses_to_resume_and_says_how_to_start_fresh(finished, corpus, tmp_path) -> None:
+    config, out, _ = finished
+    dest = _copy_checkpoints(out, tmp_path / "changed")
+    with pytest.raises(ConfigError, match=r"changed: lr\).*another --output folder"):
+        train(config.model_copy(update={"lr": 1e-4}), corpus.data, corpus.tokenizer, dest)
+    with pytest.raises(ConfigError, match="final model of a different run"):
+        train(config.model_copy(update={"lr": 1e-4}), corpus.data, corpus.tokenizer, out)
+
+
+def test_half_written_checkpoint_is_ignored_and_resume_is_exact(finished, corpus, tmp_path) -> None:
+    config, out, _ = finished
+    dest = _copy_checkpoints(out, tmp_path / "resume")
+    (dest / "checkpoints" / "step-00000030" / MARKER).unlink()  # step 30 was never committed
+    garbage = dest / "checkpoints" / "step-00000040.tmp"
+    garbage.mkdir()
+    (garbage / "model.pt").write_bytes(b"not a checkpoint")
+    result = train(config, corpus.data, corpus.tokenizer, dest)
+    assert result.step == 30 and not garbage.exists()
+    start = next(e for e in _events(dest) if e["event"] == "start")
+    assert start["resumed"] and start["step"] == 20
+    original = (out / "final" / "model.safetensors").read_bytes()
+    assert (dest / "final" / "model.safetensors").read_bytes() == original
+
+
+def test_default_tiny_run_brings_validation_loss_below_70_percent(corpus, tmp_path) -> None:
+    # The shipped defaults (TrainConfig()) only with this corpus' token cache: the acceptance criterion.
+    out = tmp_path / "default"
+    config = TrainConfig(token_cache=str(corpus.token_cache), save_every=1000, log_every=50)
+    train(config, corpus.data, corpus.tokenizer, out)
+    evals = [e["val_loss"] for e in _events(out) if e["event"] == "eval"]
+    assert evals[-1] < 0.7 * evals[0], evals
+
+
+def test_no_weight_decay_on_biases_and_layernorms() -> None:
+    model = build_model(TrainConfig(), 256, 0)
+    decay, plain = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert all(n.endswith(".bias") or ".ln_" in n for n in plain_names)
+    assert {"transformer.ln_f.weight", "transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.bias"} <= plain_names
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert "transformer.wte.weight" in decay_names and "transformer.h.0.mlp.c_fc.weight" in decay_names
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine_to_the_floor() -> None:
+    f = WarmupCosine(TrainConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1))
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_cli_prints_config_errors_without_traceback(corpus, tmp_path, capsys) -> None:
+    code = cli_main([
+        "train", "--data", str(corpus.data), "--tokenizer", str(corpus.tokenizer), "--output", str(tmp_path / "o"),
+        "--keep-last", "1",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and "keep_last must be >= 2" in err and "Traceback" not in err
+
+
+def test_gradient_checkpointing_trains_the_same_model(corpus, tmp_path) -> None:
+    # Recomputing activations must not change the maths (the RNG is replayed for dropout).
+    base = _config(corpus, max_steps=3, warmup_steps=1, eval_every=100, save_every=100, model=ModelOverrides(n_layer=1))
+    a = train(base, corpus.data, corpus.tokenizer, tmp_path / "a")
+    b = train(base.model_copy(update={"gradient_checkpointing": True}), corpus.data, corpus.tokenizer, tmp_path / "b")
+    wa = torch.load(tmp_path / "a" / "checkpoints" / "step-00000003" / "model.pt", weights_only=True)
+    wb = torch.load(tmp_path / "b" / "checkpoints" / "step-00000003" / "model.pt", weights_only=True)
+    assert a.step == b.step == 3
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
