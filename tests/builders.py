@@ -68,3 +68,33 @@ def task_run_states(flow_state) -> dict[str, list[str]]:
     for run in runs:
         states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
     return states
+
+
+def stdlib_records(limit: int = 200, *, min_bytes: int = 1024) -> list[dict]:
+    """Real Python files from the standard library as export-shaped records, deterministic."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("json/*.py")) + sorted(root.glob("email/*.py")):
+        data = path.read_bytes()
+        if len(data) < min_bytes:
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        rel = path.relative_to(root)
+        repo = f"cpython/{rel.parts[0] if len(rel.parts) > 1 else rel.stem[:3]}"
+        out.append({"repo_name": repo, "path": str(rel), "copies": 1, "size": len(data), "content": text, "license": "mit"})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def tiny_dataset(folder: Path, limit: int = 200, valid_fraction: float = 0.15) -> Path:
+    """A published dataset folder (Parquet train/valid + card) from stdlib files."""
+    from codeparrot.publish import PublishConfig, build_dataset
+
+    build_dataset(stdlib_records(limit), folder, PublishConfig(valid_fraction=valid_fraction))
+    return folder

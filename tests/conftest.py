@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from codeparrot.services.emulators import EmbeddedServices, Endpoints
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test session gets its own CODEPARROT_HOME, so no test reads or writes the user's caches."""
+    import tempfile
+
+    os.environ["CODEPARROT_HOME"] = tempfile.mkdtemp(prefix="codeparrot-test-home-")
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A session-scoped Prefect API with results in a fresh folder (no stale cache hits across sessions)."""
