@@ -17,17 +17,38 @@ def services() -> None:
 @services.command()
 @click.option("--root", type=click.Path(), default=None, help="State folder (default $CODEPARROT_HOME/services).")
 @click.option("--no-seed", is_flag=True, help="Do not build/load the github_repos seed.")
-def up(root: str | None, no_seed: bool) -> None:
-    """Start both emulators in the background and load the seed; prints the environment to use them."""
-    svc = EmbeddedServices(root)
+@click.option("--foreground", is_flag=True, help="Stay in the foreground until SIGTERM/Ctrl-C (containers).")
+@click.option("--port-bigquery", type=int, default=None, help="BigQuery REST port (default: a free one).")
+@click.option("--port-gcs", type=int, default=None, help="GCS port (default: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 in a container).")
+@click.option("--advertise", default=None, help="Host name clients use to reach the emulators (e.g. the compose service).")
+def up(
+    root: str | None, no_seed: bool, foreground: bool, port_bigquery: int | None, port_gcs: int | None, host: str, advertise: str | None
+) -> None:
+    """Start both emulators and load the seed; prints the environment to use them."""
+    svc = EmbeddedServices(root, ports=(port_bigquery, port_gcs), host=host, advertise=advertise)
     running = svc.running()
     endpoints = running or svc.start()
     if not no_seed:
         click.echo(f"# seed: {json.dumps(load_seed(endpoints))}", err=True)
-    svc.detach()
-    click.echo("# embedded services are up; later codeparrot commands find them on their own. To point other tools at them:", err=True)
     for key, value in endpoints.environ().items():
         click.echo(f"export {key}={value}")
+    if foreground and running is None:
+        import signal
+        import threading
+
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo("# embedded services are up; stop with SIGTERM or Ctrl-C", err=True)
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            svc.stop()
+        return
+    svc.detach()
+    click.echo("# embedded services are up; later codeparrot commands find them on their own", err=True)
 
 
 @services.command()

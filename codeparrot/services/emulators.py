@@ -87,10 +87,13 @@ class Emulator:
     name = "emulator"
     health_path = "/"
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, host: str = "127.0.0.1", advertise: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.host = host
+        # Local health checks use loopback; clients elsewhere (compose) reach it under `advertise`.
         self.url = f"http://127.0.0.1:{self.port}"
+        self.public_url = f"http://{advertise or '127.0.0.1'}:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_file = self.data_dir.parent / f"{self.name}.log"
 
@@ -164,9 +167,9 @@ class GCSEmulator(Emulator):
             "-scheme", "http",
             "-backend", "filesystem",
             "-filesystem-root", str(self.data_dir),
-            "-host", "127.0.0.1",
+            "-host", self.host,
             "-port", str(self.port),
-            "-external-url", self.url,
+            "-external-url", self.public_url,
             "-log-level", "warn",
         ]  # fmt: skip
 
@@ -175,8 +178,8 @@ class BigQueryEmulator(Emulator):
     name = "bigquery"
     health_path = "/bigquery/v2/projects/embedded/datasets"
 
-    def __init__(self, data_dir: Path, *, gcs_url: str, project: str, port: int | None = None) -> None:
-        super().__init__(data_dir, port)
+    def __init__(self, data_dir: Path, *, gcs_url: str, project: str, port: int | None = None, **kw: str | None) -> None:
+        super().__init__(data_dir, port, **kw)
         self.gcs_url = gcs_url
         self.project = project
         self.local_gcs_root = self.data_dir / "gcs-local"
@@ -184,6 +187,7 @@ class BigQueryEmulator(Emulator):
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "codeparrot.services._bqemulator_main", "start",
+            "--rest-host", self.host,
             "--rest-port", str(self.port),
             "--grpc-port", str(free_port()),
             "--data-dir", str(self.data_dir / "duckdb"),
@@ -221,9 +225,19 @@ class Endpoints:
 class EmbeddedServices:
     """Both emulators under one root (default `<CODEPARROT_HOME>/services`)."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, project: str = "codeparrot-local") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        project: str = "codeparrot-local",
+        ports: tuple[int | None, int | None] = (None, None),
+        host: str = "127.0.0.1",
+        advertise: str | None = None,
+    ) -> None:
         self.root = Path(root) if root is not None else home() / "services"
         self.project = project
+        self.ports = ports  # (bigquery, gcs); None picks a free port
+        self.net = {"host": host, "advertise": advertise}
         self.state_file = self.root / "state.json"
         self.gcs: GCSEmulator | None = None
         self.bigquery: BigQueryEmulator | None = None
@@ -235,10 +249,12 @@ class EmbeddedServices:
             raise ServiceError(f"embedded services already run from {self.root} (pids in {self.state_file}); "
                                "use them, or `codeparrot services down` first")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.gcs = GCSEmulator(self.root / "gcs")
+        self.gcs = GCSEmulator(self.root / "gcs", self.ports[1], **self.net)
         gcs_info = self.gcs.start()
         try:
-            self.bigquery = BigQueryEmulator(self.root / "bigquery", gcs_url=gcs_info.url, project=self.project)
+            self.bigquery = BigQueryEmulator(
+                self.root / "bigquery", gcs_url=gcs_info.url, project=self.project, port=self.ports[0], **self.net
+            )
             bq_info = self.bigquery.start()
         except BaseException:
             self.gcs.stop()
@@ -264,7 +280,7 @@ class EmbeddedServices:
 
     def endpoints(self) -> Endpoints:
         assert self.gcs is not None and self.bigquery is not None
-        return Endpoints(self.bigquery.url, self.gcs.url, self.project, str(self.bigquery.local_gcs_root))
+        return Endpoints(self.bigquery.public_url, self.gcs.public_url, self.project, str(self.bigquery.local_gcs_root))
 
     def __enter__(self) -> Endpoints:
         return self.start()
