@@ -33,7 +33,10 @@ _FIELDS = {
     "compile": "compile",
     "gradient_checkpointing": "gradient_checkpointing",
     "preemption_url": "preemption_url",
+    "preemption_poll_seconds": "preemption_poll_seconds",
     "push_to": "push_to",
+    "push_hub": "push_hub",
+    "local_hub": "local_hub",
 }
 
 
@@ -93,7 +96,10 @@ def _parse_value(text: str) -> Any:
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Recompute activations.")
 @click.option("--preemption-url", help="Poll this metadata URL; TRUE stops the run like SIGTERM.")
-@click.option("--push-to", help="Copy the final model to a folder, or hf://owner/name.")
+@click.option("--preemption-poll-seconds", type=float, help="Seconds between preemption polls.")
+@click.option("--push-to", metavar="OWNER/NAME", help="Push the final model to this model repo.")
+@click.option("--push-hub/--push-local", default=None, help="Push to the Hugging Face Hub, or the local stand-in (default).")
+@click.option("--local-hub", type=click.Path(file_okay=False), help="Local Hub stand-in root (default CODEPARROT_HOME/hub).")
 def train(
     data: str, tokenizer: str, output: str, config_file: str | None, model_overrides: tuple[str, ...], **options: Any
 ) -> None:

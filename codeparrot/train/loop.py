@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from codeparrot.errors import ConfigError, ServiceError
+from codeparrot.env import home
+from codeparrot.errors import ConfigError
 from codeparrot.train import checkpoint as ckpt
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.data import PackedLoader, load_tokenizer, open_tokens, pretokenize, validation_batches
@@ -231,7 +232,7 @@ def train(
     if main:
         write_final(raw_model, tokenizer, final_dir, result, run_id)
         if config.push_to:
-            push(final_dir, config.push_to)
+            push(final_dir, config)
         _emit(metrics, "completed", step=step, final=str(final_dir), val_loss=val_loss, tokens=tokens_seen)
         assert metrics is not None
         metrics.close()
@@ -437,29 +438,25 @@ def _finished(final_dir: Path, run_id: str) -> TrainResult | None:
     return TrainResult(final_dir, summary["step"], summary["tokens"], summary["val_loss"])
 
 
-def push(final_dir: Path, target: str) -> str:
-    """Copy the final model to a local folder, or upload it to hf://owner/name on the Hub."""
-    if target.startswith("hf://"):
-        from huggingface_hub import HfApi
+def push(final_dir: Path, config: TrainConfig) -> str:
+    """Push the final model to `config.push_to`: the Hub, or (default) the local Hub stand-in."""
+    from codeparrot.hub import push_hub, push_local
 
-        repo = target.removeprefix("hf://")
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "False"):
-            raise ConfigError(f"cannot push to {target}: HF_HUB_OFFLINE is set; export HF_HUB_OFFLINE=0 to push")
+    assert config.push_to is not None
+    if config.push_hub:
+        result = push_hub(final_dir, config.push_to, "model", token=os.environ.get("HF_TOKEN"))
+    else:
+        # push_local moves its folder into the stand-in; the run keeps its own final/.
+        staged = final_dir.with_name(f".push-{os.getpid()}")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(final_dir, staged, ignore=shutil.ignore_patterns(FINAL_MARKER))
+        root = Path(config.local_hub) if config.local_hub else home() / "hub"
         try:
-            api = HfApi()
-            api.create_repo(repo, exist_ok=True)
-            api.upload_folder(repo_id=repo, folder_path=str(final_dir), commit_message="CodeParrot training run")
-        except Exception as exc:
-            raise ServiceError(f"pushing {final_dir} to {target} failed: {exc}") from exc
-        return target
-    dest = Path(target)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(final_dir, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    log.info("pushed final model to %s", dest)
-    return str(dest)
+            result = push_local(staged, root, "model", config.push_to)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    log.info("pushed the final model to %s%s", result.url, " (unchanged)" if result.skipped else "")
+    return result.url
 
 
 # ---------------------------------------------------------------------------- metrics and stop signals

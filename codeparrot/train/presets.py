@@ -41,7 +41,6 @@ def gpt2_config(config: TrainConfig, vocab_size: int, eos_token_id: int) -> GPT2
         scale_attn_by_inverse_layer_idx=True,
         reorder_and_upcast_attn=True,
         use_cache=not config.gradient_checkpointing,
-        loss_type="ForCausalLM",
         **kwargs,
     )
 
@@ -54,6 +53,8 @@ def build_model(config: TrainConfig, vocab_size: int, eos_token_id: int) -> PreT
     model = AutoModelForCausalLM.from_config(
         gpt2_config(config, vocab_size, eos_token_id), attn_implementation="sdpa", dtype=torch.float32
     )
+    # transformers derives the loss from the class name, which "GPT2LMHeadModel" does not match; say it.
+    model.loss_type = "ForCausalLM"
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

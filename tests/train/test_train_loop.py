@@ -33,8 +33,9 @@ def _events(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def finished(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("loop") / "run"
-    config = _config(corpus)
+    root = tmp_path_factory.mktemp("loop")
+    out = root / "run"
+    config = _config(corpus, push_to="codeparrot/codeparrot-test", local_hub=str(root / "hub"))
     return config, out, train(config, corpus.data, corpus.tokenizer, out)
 
 
@@ -50,6 +51,16 @@ def test_final_model_loads_with_from_pretrained_and_pipeline(finished) -> None:
     generator = pipeline("text-generation", model=model, tokenizer=tok)
     text = generator("def add(a, b):", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert text.startswith("def add(a, b):") and len(text) > len("def add(a, b):")
+
+
+def test_final_model_is_pushed_to_the_local_hub_stand_in(finished) -> None:
+    from codeparrot.hub import local_repo_dir
+
+    config, out, _ = finished
+    repo = local_repo_dir(Path(config.local_hub), "model", "codeparrot/codeparrot-test")
+    pushed = repo / "main" / "model.safetensors"
+    assert pushed.read_bytes() == (out / "final" / "model.safetensors").read_bytes()
+    assert (out / "final" / "COMPLETE").is_file()  # the run keeps its own copy
 
 
 def test_metrics_checkpoints_and_tensorboard(finished) -> None:
