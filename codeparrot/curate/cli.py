@@ -1,0 +1,107 @@
+"""`codeparrot curate` and `codeparrot dedup`: the local drivers, with the stats table printed at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from codeparrot.errors import ConfigError
+
+_WORKERS_HELP = "Worker processes for the per-shard work (default: all CPUs)."
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+    return ConfigError("invalid settings: " + "; ".join(lines))
+
+
+def _report(result: object, out_dir: Path) -> None:
+    click.echo(result.text_table())  # type: ignore[attr-defined]
+    click.echo(f"kept shards, stats.json and duplicate_clusters.jsonl in {out_dir}")
+
+
+@click.command("curate")
+@click.argument("in_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--licenses", default="permissive", show_default=True,
+              help="Tier (permissive, weak-copyleft, all), comma-separated license keys, or 'any' (no filter).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probabilistic drops.")
+@click.option("--no-near-dedup", is_flag=True, help="Skip MinHash near-dedup (exact dedup still runs).")
+@click.option("--threshold", type=float, default=0.85, show_default=True, help="Near-dedup Jaccard threshold.")
+@click.option("--shingling", type=click.Choice(["tokens", "5gram"]), default="tokens", show_default=True,
+              help="Near-dedup sets: tokens (CodeParrot) or 5-grams of tokens (bigcode).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Tokenizer folder: enables the char/token ratio filter.")
+@click.option("--write-dropped", is_flag=True, help="Write dropped records to OUT_DIR/dropped/<reason>/.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable line instead of counting it.")
+@click.option("--workers", type=int, default=None, help=_WORKERS_HELP)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Intermediate files (default: OUT_DIR/_work, removed on success).")
+def curate(
+    in_dir: Path,
+    out_dir: Path,
+    licenses: str,
+    seed: int,
+    no_near_dedup: bool,
+    threshold: float,
+    shingling: str,
+    tokenizer_dir: Path | None,
+    write_dropped: bool,
+    strict: bool,
+    workers: int | None,
+    work_dir: Path | None,
+) -> None:
+    """License filter, CodeParrot heuristics, exact and near dedup of the shards in IN_DIR into OUT_DIR."""
+    from codeparrot.curate.config import CurateConfig, DedupConfig
+    from codeparrot.curate.pipeline import curate as run
+
+    try:
+        cfg = CurateConfig(
+            licenses=licenses,
+            seed=seed,
+            near_dedup=not no_near_dedup,
+            dedup=DedupConfig(threshold=threshold, shingling=shingling),
+            tokenizer_dir=tokenizer_dir,
+            write_dropped=write_dropped,
+            strict=strict,
+        )
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    result = run(in_dir, out_dir, cfg, workers=workers, work_dir=work_dir, progress=True)
+    _report(result, out_dir)
+
+
+@click.command("dedup")
+@click.argument("in_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--threshold", type=float, default=0.85, show_default=True, help="Jaccard threshold of near-duplicates.")
+@click.option("--shingling", type=click.Choice(["tokens", "5gram"]), default="tokens", show_default=True,
+              help="Sets compared: tokens (CodeParrot) or 5-grams of tokens (bigcode).")
+@click.option("--keep", type=click.Choice(["most-copies", "min-key"]), default="most-copies", show_default=True,
+              help="Survivor of a cluster: most copies then smallest (repo_name, path), or smallest key.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable line instead of counting it.")
+@click.option("--workers", type=int, default=None, help=_WORKERS_HELP)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Intermediate files (default: OUT_DIR/_work, removed on success).")
+def dedup(
+    in_dir: Path,
+    out_dir: Path,
+    threshold: float,
+    shingling: str,
+    keep: str,
+    strict: bool,
+    workers: int | None,
+    work_dir: Path | None,
+) -> None:
+    """MinHash LSH near-dedup alone (no license filter or heuristics) of the shards in IN_DIR into OUT_DIR."""
+    from codeparrot.curate.config import DedupConfig
+    from codeparrot.curate.pipeline import dedup as run
+
+    try:
+        cfg = DedupConfig(threshold=threshold, shingling=shingling, keep=keep)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    result = run(in_dir, out_dir, cfg, workers=workers, strict=strict, work_dir=work_dir, progress=True)
+    _report(result, out_dir)

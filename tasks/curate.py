@@ -1,0 +1,88 @@
+"""Prefect tasks of the curation stage: `filter_shard` mapped over shards, then one `finalize`.
+
+Both are CPU work on local files: no retries (a bad shard fails the same way twice). The shard task's
+cache key holds the shard's content hash, not its path, so a re-downloaded identical shard is a hit.
+Run under a `DaskTaskRunner` to spread the shard tasks over a cluster; finalize stays one exact task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import CacheKeyFnPolicy
+
+from codeparrot.curate.config import CurateConfig
+from codeparrot.curate.pipeline import (
+    CURATE_VERSION,
+    DONE,
+    CurateResult,
+    ShardSummary,
+    completed,
+    file_sha256,
+    filter_shard,
+    finalize,
+    input_key,
+    shard_folder,
+)
+from tasks._common import content_cache
+
+
+def _shard_content(_ctx: Any, inputs: dict[str, Any]) -> str:
+    return file_sha256(Path(inputs["shard"]))
+
+
+@task(
+    name="curate-shard",
+    cache_policy=content_cache("curate-shard", CURATE_VERSION, ignore=("shard",)) + CacheKeyFnPolicy(cache_key_fn=_shard_content),
+    persist_result=True,
+)
+def filter_shard_task(shard: Path, cfg: CurateConfig, work_dir: Path) -> ShardSummary:
+    """License filter, heuristics and MinHash signatures of one shard."""
+    summary = filter_shard(shard, cfg, work_dir)
+    get_run_logger().info("%s: %d in, %d survive the filters", Path(shard).name, summary.records_in, summary.survivors)
+    return summary
+
+
+@task(
+    name="curate-finalize",
+    cache_policy=content_cache("curate-finalize", CURATE_VERSION, ignore=("workers",)),
+    persist_result=True,
+)
+def finalize_task(
+    summaries: list[ShardSummary], cfg: CurateConfig, work_dir: Path, out_dir: Path, workers: int = 1
+) -> CurateResult:
+    """Exact and near dedup over every shard, then the canonical kept shards and stats."""
+    result = finalize(summaries, cfg, work_dir, out_dir, workers=workers)
+    get_run_logger().info("curated %d -> %d records into %s", result.records_in, result.kept, result.out_dir)
+    return result
+
+
+def curate_shards(
+    shards: list[Path],
+    cfg: CurateConfig,
+    work_dir: Path,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    force: bool = False,
+) -> CurateResult:
+    """Inside a flow: one mapped task per shard, wait for all, finalize, and a stats artifact.
+
+    Cached results are recomputed when forced or when the files they point at are gone.
+    """
+    shards = [Path(s) for s in shards]
+    shard_task = filter_shard_task
+    gone = any(not (shard_folder(s, file_sha256(s), cfg, work_dir) / DONE).is_file() for s in shards)
+    if force or gone:
+        shard_task = filter_shard_task.with_options(refresh_cache=True)
+    summaries = shard_task.map(shards, unmapped(cfg), unmapped(work_dir)).result()
+    present = completed(out_dir, input_key(cfg, [s.sha256 for s in summaries])) is not None
+    final_task = finalize_task
+    if force or gone or not present:
+        final_task = finalize_task.with_options(refresh_cache=True)
+    result = final_task(summaries, cfg, work_dir, out_dir, workers=workers)
+    create_markdown_artifact(result.table, key="curate-stats", description=f"Curation of {len(shards)} shards")
+    return result

@@ -1,0 +1,80 @@
+"""The curate tasks in a flow on a local Dask cluster give what the local driver gives."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from codeparrot.curate.config import CurateConfig
+from codeparrot.curate.pipeline import curate
+
+
+def python_file(rng: random.Random) -> str:
+    tag = "".join(rng.choice("abcdefghij") for _ in range(8))
+    body = [f"def f_{tag}_{i}(x_{tag}):\n    y_{tag} = x_{tag} + {i}\n    for k in range(y_{tag}):\n        y_{tag} = y_{tag} * k\n    return y_{tag}\n" for i in range(5)]
+    return "\n".join(body)
+
+
+def write_corpus(folder: Path) -> list[Path]:
+    import gzip
+
+    rng = random.Random(0)
+    recs = []
+    for i in range(12):
+        text = python_file(rng)
+        recs.append({"repo_name": f"r{i}", "path": "m.py", "copies": 1, "size": len(text), "content": text, "license": "mit"})
+        if i % 3 == 0:
+            recs.append({**recs[-1], "repo_name": f"fork/r{i}", "content": text + "\n# fork\n"})
+    folder.mkdir()
+    paths = []
+    for k in range(0, len(recs), 4):
+        path = folder / f"s{k:03d}.json.gz"
+        path.write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in recs[k : k + 4])))
+        paths.append(path)
+    return paths
+
+
+def test_mapped_tasks_on_a_local_dask_cluster_match_the_local_driver(prefect_harness: Path, tmp_path: Path) -> None:
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from tasks.curate import curate_shards
+
+    shards = write_corpus(tmp_path / "in")
+    cfg = CurateConfig()
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}))
+    def curate_flow(paths: list[Path], work: Path, out: Path) -> dict:
+        return curate_shards(paths, cfg, work, out, workers=2).model_dump()
+
+    got = curate_flow(shards, tmp_path / "work", tmp_path / "flow")
+    want = curate(tmp_path / "in", tmp_path / "local", cfg, workers=1)
+    assert got["content_hash"] == want.content_hash
+    assert {k: v for k, v in got.items() if k != "out_dir"} == want.model_dump(exclude={"out_dir"})
+    assert got["dropped"] == {"near-dup": 4}
+    flow_files = sorted(p.name for p in (tmp_path / "flow").glob("part-*.json.gz"))
+    assert [(tmp_path / "flow" / n).read_bytes() for n in flow_files] == [(tmp_path / "local" / n).read_bytes() for n in flow_files]
+
+
+@pytest.mark.parametrize("deleted", ["work", "out"])
+def test_stage_recomputes_when_cached_outputs_are_gone(prefect_harness: Path, tmp_path: Path, deleted: str) -> None:
+    import shutil
+
+    from prefect import flow
+
+    from tasks.curate import curate_shards
+
+    shards = write_corpus(tmp_path / "in")
+    cfg = CurateConfig.dedup_only()
+
+    @flow
+    def run(out: Path) -> str:
+        return curate_shards(shards, cfg, tmp_path / "work", out).content_hash
+
+    first = run(tmp_path / "out")
+    shutil.rmtree(tmp_path / deleted)
+    assert run(tmp_path / "out") == first
+    assert (tmp_path / "out" / "_SUCCESS").is_file()
