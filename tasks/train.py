@@ -1,0 +1,112 @@
+"""Prefect task of the training stage: launch `accelerate launch -m codeparrot.train`, supervise, report.
+
+A preempted child (SIGTERM: it checkpointed and stopped) fails the task with `Preempted`, which the
+task's retry condition accepts, and the retry reruns the same command, which resumes. Any other failure
+is final and shows the tail of the child's log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from codeparrot.train.config import TrainConfig
+from codeparrot.train.errors import Preempted, TrainingFailed
+from codeparrot.train.identity import default_run_dir
+from codeparrot.train.launch import MetricsTail, accelerate_command, supervise, train_arguments
+
+METRICS_FILE = "metrics.jsonl"  # codeparrot.train.loop.METRICS_FILE, without importing torch here
+# A preempted child has committed its checkpoint, so a retry can start at once; the count bounds a
+# run that keeps being preempted.
+TRAIN_RETRIES = 5
+TRAIN_RETRY_DELAY_S = 2
+LOSS_CURVE_ROWS = 100
+
+
+def retry_if_preempted(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry only a run stopped by preemption (it resumes); a crash or bad config fails at once."""
+    try:
+        state.result(raise_on_failure=True)
+    except Preempted:
+        return True
+    except BaseException:  # classifying the failure, not handling it
+        return False
+    return False
+
+
+@task(
+    name="train",
+    retries=TRAIN_RETRIES,
+    retry_delay_seconds=TRAIN_RETRY_DELAY_S,
+    retry_condition_fn=retry_if_preempted,
+    cache_policy=NO_CACHE,  # the run folder is the cache: a finished run returns at once
+)
+def train_model(
+    config: TrainConfig,
+    data: str,
+    tokenizer: str,
+    output: str | None = None,
+    output_root: str | None = None,
+    num_processes: int = 1,
+) -> str:
+    """Train (or resume) the run; returns the folder of the final model."""
+    logger = get_run_logger()
+    out = Path(output) if output else default_run_dir(config, data, tokenizer, output_root)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "train-config.json"
+    tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}")
+    tmp.write_text(config.model_dump_json(indent=1))
+    os.replace(tmp, config_file)
+
+    cmd = accelerate_command(train_arguments(config_file, data, tokenizer, str(out)), num_processes=num_processes)
+    logger.info("launching %s", " ".join(cmd))
+    progress = create_progress_artifact(0.0, description=f"training {out}")
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind, step = event.get("event"), event.get("step")
+        if kind == "train":
+            logger.info("step %s loss %.4f lr %.3g %s tok/s", step, event["loss"], event["lr"], event["tokens_per_s"])
+            update_progress_artifact(progress, 100.0 * step / config.max_steps)
+        elif kind == "eval":
+            logger.info("step %s validation loss %.4f perplexity %.2f", step, event["val_loss"], event["perplexity"])
+        elif kind in ("start", "checkpoint", "preempted", "completed"):
+            logger.info("%s: %s", kind, {k: v for k, v in event.items() if k not in ("event", "time")})
+
+    outcome = supervise(cmd, metrics_path=out / METRICS_FILE, log_path=out / "logs" / "train.log", on_event=on_event)
+    create_table_artifact(loss_curve(out / METRICS_FILE), key="training-loss-curve", description=f"loss curve of {out}")
+    if outcome.completed and outcome.final:
+        update_progress_artifact(progress, 100.0)
+        return outcome.final
+    if outcome.preempted:
+        stopped = [e for e in outcome.events if e.get("event") == "preempted"]
+        where = f"at step {stopped[-1]['step']}" if stopped else "before its first checkpoint"
+        raise Preempted(f"training in {out} was stopped {where}; the task retry resumes from the last checkpoint")
+    raise TrainingFailed(
+        f"training in {out} exited with code {outcome.returncode}; last lines of {out / 'logs' / 'train.log'}:\n"
+        f"{outcome.log_tail}"
+    )
+
+
+def loss_curve(metrics_path: Path, max_rows: int = LOSS_CURVE_ROWS) -> list[dict[str, Any]]:
+    """Train and validation loss by step (the latest record of a step wins after a resume)."""
+    tail = MetricsTail(metrics_path)
+    tail.offset = 0
+    rows: dict[int, dict[str, Any]] = {}
+    for event in tail.read():
+        step = event.get("step")
+        if event.get("event") == "train":
+            rows.setdefault(step, {"step": step, "loss": None, "val_loss": None, "lr": None})
+            rows[step].update(loss=round(event["loss"], 4), lr=f"{event['lr']:.3g}")
+        elif event.get("event") == "eval":
+            rows.setdefault(step, {"step": step, "loss": None, "val_loss": None, "lr": None})
+            rows[step]["val_loss"] = round(event["val_loss"], 4)
+    ordered = [rows[s] for s in sorted(rows)]
+    if len(ordered) > max_rows:
+        stride = -(-len(ordered) // max_rows)
+        ordered = [*ordered[::stride][: max_rows - 1], ordered[-1]]
+    return ordered

@@ -1,0 +1,94 @@
+"""The training task in a flow: final path, artifacts, and a failing child shown with its log tail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from codeparrot.train.config import TrainConfig
+from codeparrot.train.errors import TrainingFailed
+from codeparrot.train.identity import default_run_dir
+from codeparrot.train.sample import train_sample_tokenizer, write_sample_dataset
+from tasks.train import train_model
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task-inputs")
+    data = write_sample_dataset(root / "data", n_files=120)
+    return data, train_sample_tokenizer(data, root / "tok", vocab_size=512)
+
+
+@pytest.fixture
+def child_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("CODEPARROT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+CONFIG = TrainConfig(max_steps=12, warmup_steps=2, batch_size=4, seq_length=64, save_every=5, log_every=2, eval_every=6)
+
+
+def _task_runs(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+
+
+def _artifacts(state) -> dict[str, list]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    found: dict[str, list] = {}
+    for art in arts:
+        found.setdefault(art.type, []).append(art)
+    return found
+
+
+@flow
+def _train_once(config: TrainConfig, data: str, tokenizer: str, output_root: str) -> str:
+    return train_model(config, data, tokenizer, output_root=output_root)
+
+
+def test_task_trains_into_the_hashed_run_dir_and_reports_artifacts(prefect_harness, inputs, child_env, tmp_path) -> None:
+    data, tok = inputs
+    state = _train_once(CONFIG, str(data), str(tok), str(tmp_path / "runs"), return_state=True)
+    assert state.is_completed(), state.message
+    final = state.result()
+    assert final == str(default_run_dir(CONFIG, data, tok, tmp_path / "runs") / "final")
+    assert (Path(final) / "model.safetensors").is_file()
+    [run] = _task_runs(state)
+    assert run.run_count == 1
+    arts = _artifacts(state)
+    assert [a.data for a in arts["progress"]] == [100.0]
+    [table] = arts["table"]
+    assert table.key == "training-loss-curve"
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10, 12]
+    assert rows[0]["val_loss"] is not None and rows[-1]["loss"] is not None
+
+    # resubmitting finds the finished run in the same folder and returns at once
+    again = _train_once(CONFIG, str(data), str(tok), str(tmp_path / "runs"), return_state=True)
+    assert again.result() == final
+
+
+def test_a_crashing_child_fails_without_retry_and_shows_its_log(prefect_harness, inputs, child_env, tmp_path) -> None:
+    data, _ = inputs
+    broken = tmp_path / "broken-tok"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    state = _train_once(CONFIG, str(data), str(broken), str(tmp_path / "runs"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(TrainingFailed, match=r"exited with code 1; last lines of .*train\.log:\n(.|\n)*Error"):
+        state.result()
+    [run] = _task_runs(state)
+    assert run.run_count == 1
