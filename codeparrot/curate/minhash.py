@@ -158,24 +158,27 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def signatures(sets: TokenSets, a: np.ndarray, b: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """MinHash signatures (len(rows) x num_perm, uint32) of the selected non-empty documents."""
-    docs = np.flatnonzero(np.diff(sets.offsets) > 0) if rows is None else rows
-    out = np.empty((len(docs), len(a)), dtype=np.uint32)
+    docs = np.flatnonzero(np.diff(sets.offsets) > 0) if rows is None else np.asarray(rows)
     if len(docs) == 0:
-        return out
-    if np.any(sets.offsets[docs + 1] == sets.offsets[docs]):
-        raise ValueError("cannot sign an empty set")
-    # gather the selected documents' tokens contiguously, then one pass over them per permutation
+        return np.empty((0, len(a)), dtype=np.uint32)
     lengths = sets.offsets[docs + 1] - sets.offsets[docs]
-    if len(docs) == len(sets) or np.array_equal(docs, np.arange(docs[0], docs[0] + len(docs))):
-        x = sets.hashes[sets.offsets[docs[0]] : sets.offsets[docs[-1] + 1]]
+    if np.any(lengths == 0):
+        raise ValueError("cannot sign an empty set")
+    # the selected documents' tokens contiguously, then one vector pass over them per permutation
+    if np.array_equal(docs, np.arange(docs[0], docs[0] + len(docs))):
+        x = sets.hashes[sets.offsets[docs[0]] : sets.offsets[docs[-1] + 1]] & np.uint64(0xFFFFFFFF)
     else:
-        x = np.concatenate([sets.doc(int(i)) for i in docs])
-    x = x & np.uint64(0xFFFFFFFF)
+        x = np.concatenate([sets.doc(int(i)) for i in docs]) & np.uint64(0xFFFFFFFF)
     bounds = np.zeros(len(docs), dtype=np.int64)
     np.cumsum(lengths[:-1], out=bounds[1:])
+    out = np.empty((len(a), len(docs)), dtype=np.uint64)
+    buf = np.empty_like(x)
     for j in range(len(a)):
-        out[:, j] = np.minimum.reduceat((x * a[j] + b[j]) >> _S32, bounds)
-    return out
+        np.multiply(x, a[j], out=buf)
+        buf += b[j]
+        buf >>= _S32
+        np.minimum.reduceat(buf, bounds, out=out[j])
+    return out.T.astype(np.uint32)
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -179,3 +179,9 @@ def test_five_gram_shingling_and_refusing_in_place_output(tools: SimpleNamespace
     assert 24 <= result.kept < 31
     with pytest.raises(ConfigError, match="is the input folder"):
         pipeline.dedup(tmp_path / "in", tmp_path / "in", workers=1)
+
+
+def test_pool_size_shares_cpus_evenly_over_few_shards() -> None:
+    assert pipeline.pool_size(5, 2) == 5  # 2.5 shard-times, not 3
+    assert pipeline.pool_size(1, 2) == 1
+    assert pipeline.pool_size(100, 2) == 2
