@@ -5,7 +5,8 @@ namespaces and a dedicated uid where permitted; CPU, address-space, process, fil
 limits), in a fresh work folder, with a whitelisted environment (no inherited secrets), under a
 wall-clock timeout. `_runner.py` adds a Python audit-hook guard and reports success only when the program
 ran to its end. A pool of threads, one per worker, each waits on its own sandboxed child, so programs run
-in parallel across cores while the harness keeps going whatever a program does.
+in parallel across cores while the harness keeps going whatever a program does. Programs see the
+standard library only (`-S`: no site-packages), which is all HumanEval needs.
 
 Limits where the platform does not allow a layer (logged once and recorded in `Sandbox.isolation`):
 - not root (or namespaces refused): no pid/mount namespace and no dedicated uid. RLIMIT_NPROC then
@@ -124,8 +125,8 @@ class Sandbox:
             raise ConfigError(f"the sandbox needs Linux (rlimits, namespaces); this is {sys.platform}")
         self.limits = limits or SandboxLimits()
         self.workers = workers or os.cpu_count() or 1
-        self.python = os.path.realpath(sys.executable)
         self.prefix = os.path.realpath(sys.base_prefix)
+        self.python = _base_interpreter(self.prefix)
         self.isolation: dict[str, object] = {}
         self._root: Path | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -152,7 +153,11 @@ class Sandbox:
             for _ in range(self.workers):
                 self._uids.put(None)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox")
-        self.isolation = self._probe()
+        try:
+            self.isolation = self._probe()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._pool is not None:
@@ -206,6 +211,11 @@ class Sandbox:
             "python_guard": self.limits.python_guard,
             "workers": self.workers,
         }
+        if os.geteuid() == 0 and not isolation["dedicated_uid"] and not self.limits.python_guard:
+            raise SandboxError(
+                "python_guard is off, and as root without a dedicated uid nothing limits processes "
+                "(RLIMIT_NPROC does not bind root): turn the guard on"
+            )
         missing = [k for k, v in isolation.items() if v is False]
         log.info("sandbox isolation: %s", ", ".join(f"{k}={v}" for k, v in isolation.items()))
         if missing:
@@ -325,6 +335,15 @@ class Sandbox:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
         log.warning("sandbox: processes of uid %d survived 100 kill sweeps", uid)
+
+
+def _base_interpreter(prefix: str) -> str:
+    """This Python's interpreter inside its base prefix (a venv's copied binary may sit in a private home)."""
+    python = os.path.realpath(sys.executable)
+    if python.startswith(prefix.rstrip("/") + "/"):
+        return python
+    candidate = Path(prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return str(candidate) if candidate.is_file() else python
 
 
 def _drain(fd: int) -> str:
