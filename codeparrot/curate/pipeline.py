@@ -53,7 +53,7 @@ from codeparrot.curate import licenses, stats
 from codeparrot.curate.clusters import UnionFind, link_near_duplicates
 from codeparrot.curate.config import CurateConfig, DedupConfig
 from codeparrot.curate.fastgz import read_shard, write_shard
-from codeparrot.curate.filters import HeuristicFilter, exact_digest
+from codeparrot.curate.filters import Doc, HeuristicFilter, exact_digest
 from codeparrot.curate.minhash import (
     MAX_BATCH_DOCS,
     band_hashes,
@@ -173,7 +173,7 @@ class _Survivors:
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tokens", "counts", "ntok", "setdig", "rows", "sig", "bands")}
         self.flushed = 0
 
-    def add(self, record: dict[str, Any], digest: bytes) -> None:
+    def add(self, record: dict[str, Any], content: bytes, digest: bytes) -> None:
         line = dumps(record)
         self.lines.write(line)
         self.offsets.append(self.offsets[-1] + len(line))
@@ -183,7 +183,6 @@ class _Survivors:
         self.crcs.append(zlib.crc32(line))
         self.digests += digest
         if self.perm is not None:
-            content = record["content"].encode("utf-8", "surrogatepass")
             self.batch.append(content)
             self.batch_bytes += len(content)
             if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_DOCS:
@@ -303,16 +302,16 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                         unknown[str(item.get("license"))] += 1
                     sink.write(reason, dumps(item))
                     continue
-            content = item["content"]
-            digest = exact_digest(content) if filt.needs_digest else b""
+            doc = Doc(item["content"])
+            digest = exact_digest(doc) if filt.needs_digest else b""
             if filt.enabled:
-                n_tokens = (lambda c=content: len(tokenizer.encode(c).ids)) if tokenizer is not None else None
-                reason = filt.reason(content, digest, n_tokens)
+                n_tokens = (lambda c=doc.text: len(tokenizer.encode(c).ids)) if tokenizer is not None else None
+                reason = filt.reason(doc, digest, n_tokens)
                 if reason is not None:
                     dropped[reason] += 1
                     sink.write(reason, dumps(item))
                     continue
-            survivors.add(item, digest)
+            survivors.add(item, doc.raw, digest)
         if records_in == 0:
             if cfg.strict:
                 raise DataError(f"{shard}: empty shard, no records (rerun without --strict to count it and go on)")
