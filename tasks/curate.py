@@ -60,6 +60,17 @@ def finalize_task(
     return result
 
 
+def dask_runner(address: str | None = None, *, n_workers: int = 2) -> Any:
+    """A `DaskTaskRunner` for the shard tasks: the cluster at `address` (e.g. "tcp://scheduler:8786")
+    when one is configured, else a `LocalCluster` of single-threaded worker processes (NumPy and the
+    filters hold the GIL for most of their work, so processes, not threads, give the speed-up)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True})
+
+
 def curate_shards(
     shards: list[Path],
     cfg: CurateConfig,

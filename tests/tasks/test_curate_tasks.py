@@ -39,14 +39,13 @@ def write_corpus(folder: Path) -> list[Path]:
 
 def test_mapped_tasks_on_a_local_dask_cluster_match_the_local_driver(prefect_harness: Path, tmp_path: Path) -> None:
     from prefect import flow
-    from prefect_dask import DaskTaskRunner
 
-    from tasks.curate import curate_shards
+    from tasks.curate import curate_shards, dask_runner
 
     shards = write_corpus(tmp_path / "in")
     cfg = CurateConfig()
 
-    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}))
+    @flow(task_runner=dask_runner(n_workers=2))
     def curate_flow(paths: list[Path], work: Path, out: Path) -> dict:
         return curate_shards(paths, cfg, work, out, workers=2).model_dump()
 
