@@ -145,15 +145,16 @@ class Sandbox:
         """Create the work root, lease uids (as root), start the pool, and probe which layers hold."""
         self._root = Path(tempfile.mkdtemp(prefix="codeparrot-sandbox-"))
         self._root.chmod(0o711)  # sandbox uids must reach their own folders, not list the others
-        if os.geteuid() == 0:
-            self._lease = _UidLease(self.limits.uid_base, self.workers)
-            for uid in self._lease.uids:
-                self._uids.put(uid)
-        else:
-            for _ in range(self.workers):
-                self._uids.put(None)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox")
+        self._uids = queue.Queue()
         try:
+            if os.geteuid() == 0:
+                self._lease = _UidLease(self.limits.uid_base, self.workers)
+                for uid in self._lease.uids:
+                    self._uids.put(uid)
+            else:
+                for _ in range(self.workers):
+                    self._uids.put(None)
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox")
             self.isolation = self._probe()
         except BaseException:
             self.close()
