@@ -17,6 +17,7 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -29,10 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BENCH = ROOT.parent / "shared" / "bench"
 
 
+CPU = {"cpu_s": 0.0}
+
+
 def run(cmd: list[str], **kw: object) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run a command; its wall time, and in CPU["cpu_s"] the CPU seconds of its process tree."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU["cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
     return wall, proc
@@ -79,37 +87,41 @@ def main() -> None:
     bench = [py, str(args.bench_dir / "dedup_bench.py"), str(corpus), "--procs", str(args.workers)]
     run(bench)  # ground truth, cached in the corpus folder; not part of either timing
 
-    report: dict[str, object] = {"corpus": str(corpus), "workers": args.workers, "cpus": os.cpu_count()}
+    report: dict[str, object] = {"corpus": str(corpus), "workers": args.workers, "cpus": os.cpu_count(),
+                                 "load_before": round(os.getloadavg()[0], 2)}
     if not args.skip_reference:
         wall, proc = run([*bench, "--reference"])
         ref = last_json(proc.stdout)
-        report["reference"] = {**ref, "wall_s": round(wall, 2)}
+        report["reference"] = {**ref, "wall_s": round(wall, 2), "cpu_s": CPU["cpu_s"]}
 
-    walls = []
+    walls, cpus = [], []
     for i in range(args.repeat):
         out = tmp / f"ours-{i}"
         wall, _ = run([cli, "dedup", str(corpus), str(out), "--workers", str(args.workers)])
         walls.append(round(wall, 2))
+        cpus.append(CPU["cpu_s"])
     kept = tmp / "kept.txt"
     kept_keys(out, kept)
     _, proc = run([*bench, "--kept", str(kept)])
     ours = last_json(proc.stdout)
-    report["ours"] = {**ours, "wall_s": min(walls), "runs_s": walls}
+    report["ours"] = {**ours, "wall_s": min(walls), "runs_s": walls, "cpu_s": min(cpus)}
 
     if "reference" in report:
         ref_wall = report["reference"]["wall_s"]  # type: ignore[index]
         ref_inner = report["reference"]["seconds"]  # type: ignore[index]
         report["speedup"] = round(ref_wall / min(walls), 1)
         report["speedup_vs_reference_dedup_only"] = round(ref_inner / min(walls), 1)
+        report["cpu_ratio"] = round(report["reference"]["cpu_s"] / min(cpus), 1)  # type: ignore[index]
 
-    if args.curate:
-        walls_c = []
-        for i in range(args.repeat):
-            out = tmp / f"curate-{i}"
-            wall, proc = run([cli, "curate", str(corpus), str(out), "--workers", str(args.workers)])
-            walls_c.append(round(wall, 2))
-        stats = json.loads((out / "stats.json").read_text())
-        report["curate"] = {"wall_s": min(walls_c), "runs_s": walls_c, "records_in": stats["records_in"],
+    if args.curate:  # end to end with the default allow-list, and with every record through the heuristics
+        for name, extra in (("curate", []), ("curate_any_license", ["--licenses", "any"])):
+            walls_c = []
+            for i in range(args.repeat):
+                out = tmp / f"{name}-{i}"
+                wall, _ = run([cli, "curate", str(corpus), str(out), "--workers", str(args.workers), *extra])
+                walls_c.append(round(wall, 2))
+            stats = json.loads((out / "stats.json").read_text())
+            report[name] = {"wall_s": min(walls_c), "runs_s": walls_c, "records_in": stats["records_in"],
                             "kept": stats["kept"], "dropped": stats["dropped"]}
     print(json.dumps(report, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)

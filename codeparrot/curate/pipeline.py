@@ -223,7 +223,10 @@ class _Survivors:
         if self.perm is not None:
             d = self.cfg.dedup
             p = self.parts
-            cat = lambda name, empty: np.concatenate(p[name]) if p[name] else empty  # noqa: E731
+
+            def cat(name: str, empty: np.ndarray) -> np.ndarray:
+                return np.concatenate(p[name]) if p[name] else empty
+
             counts = cat("counts", np.zeros(0, np.int64))
             tok_offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(counts, out=tok_offsets[1:])
@@ -321,6 +324,7 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
             log.warning("%s holds no records; counted as %s", shard, stats.EMPTY_SHARD)
         n = survivors.finish(tmp)
     except BaseException:
+        survivors.lines.close()
         sink.abort()
         raise
     sink.close()
@@ -461,22 +465,21 @@ def _near_dedup(corpus: _Corpus, cfg: DedupConfig, alive: np.ndarray) -> tuple[U
     by_rank = np.argsort(corpus.rank[ids], kind="stable")
     ids, sig, band = ids[by_rank], sig[by_rank], band[by_rank]
     # identical token sets are duplicates outright (J = 1): link them, and let one of each go through LSH
-    d = setdig[ids]
-    order = np.lexsort((corpus.rank[ids], d))
-    first = np.ones(len(ids), dtype=bool)
-    first[order[1:]] = d[order[1:]] != d[order[:-1]]
-    head = order[0] if len(order) else 0
+    order = np.lexsort((corpus.rank[ids], setdig[ids]))
+    d = setdig[ids][order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = d[1:] != d[:-1]
+    head = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    first = np.empty(len(order), dtype=bool)
+    first[order] = starts
     identical = 0
-    for k in range(1, len(order)):
-        if first[order[k]]:
-            head = order[k]
-            continue
-        a, b = int(ids[head]), int(ids[order[k]])
+    for pos in np.flatnonzero(~starts).tolist():
+        a, b = int(ids[order[head[pos]]]), int(ids[order[pos]])
         if np.array_equal(corpus.tokens(a), corpus.tokens(b)):
             uf.union(a, b)
             identical += 1
         else:  # a 64-bit digest collision: both stay in the LSH
-            first[order[k]] = True
+            first[order[pos]] = True
     rep = np.flatnonzero(first)
     vs = link_near_duplicates(
         uf, ids[rep], sig[rep], band[rep], corpus.tokens, threshold=cfg.threshold, max_bucket=cfg.max_bucket
