@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from codeparrot.errors import ConfigError
 
-_WORKERS_HELP = "Worker processes for the per-shard work (default: all CPUs)."
+_WORKERS_HELP = "CPUs for the per-shard work (default: all); also the threads writing the output."
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

@@ -701,14 +701,17 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def pool_size(n_shards: int, workers: int) -> int:
-    """Processes for `n_shards` shard tasks on `workers` CPUs.
+def pool_size(n_shards: int, workers: int, cpus: int | None = None) -> int:
+    """Processes for `n_shards` shard tasks given `workers` of the machine's `cpus`.
 
-    With few shards, one process per shard: the OS shares the CPUs evenly, so 5 shards on 2 CPUs take
-    2.5 shard-times, not the 3 of 2 processes (one of which runs a third shard while the other idles).
-    With many, one per CPU: the idle tail is then a small part of the run.
+    With the whole machine and few shards, one process per shard: the OS shares the CPUs evenly, so 5
+    shards on 2 CPUs take 2.5 shard-times, not the 3 of 2 processes (one of which runs a third shard
+    while the other idles). Otherwise one process per worker, so a smaller `workers` caps the CPUs used.
     """
-    return n_shards if n_shards <= 4 * workers else workers
+    cpus = default_workers() if cpus is None else cpus
+    if workers >= cpus and n_shards <= 4 * workers:
+        return n_shards
+    return max(1, min(workers, n_shards))
 
 
 def map_shards(

@@ -182,6 +182,7 @@ def test_five_gram_shingling_and_refusing_in_place_output(tools: SimpleNamespace
 
 
 def test_pool_size_shares_cpus_evenly_over_few_shards() -> None:
-    assert pipeline.pool_size(5, 2) == 5  # 2.5 shard-times, not 3
-    assert pipeline.pool_size(1, 2) == 1
-    assert pipeline.pool_size(100, 2) == 2
+    assert pipeline.pool_size(5, 2, cpus=2) == 5  # 2.5 shard-times, not 3
+    assert pipeline.pool_size(1, 2, cpus=2) == 1
+    assert pipeline.pool_size(100, 2, cpus=2) == 2
+    assert pipeline.pool_size(5, 2, cpus=16) == 2  # a smaller budget is a cap
