@@ -83,10 +83,11 @@ class TrainConfig(StageConfig):
     # --- batch arithmetic: tokens per optimizer step = processes * batch_size * grad_accum * seq_length
     batch_size: int = Field(8, ge=1, description="Sequences per process per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps of the whole run.")
+    max_steps: int = Field(120, ge=1, description="Optimizer steps of the whole run.")
     # --- optimizer and schedule. The tiny defaults: 2e-3 peak lr with a 20-step warmup brings the tiny
-    # model's validation loss under 70 % of its step-0 value in 200 steps; CodeParrot used 5e-4 (small)
-    # and 2e-4 (large) with 2000 / 750 warmup steps.
+    # model's validation loss under 70 % of its step-0 value by step ~50 with a 32k vocabulary (measured
+    # on 650 stdlib modules: 10.42 -> 6.66); 120 steps take 1-2 minutes on 2 cores. CodeParrot used 5e-4
+    # (small) and 2e-4 (large) with 2000 / 750 warmup steps.
     lr: float = Field(2e-3, gt=0.0, description="Peak learning rate after warmup.")
     min_lr_ratio: float = Field(
         0.1, ge=0.0, le=1.0, description="Cosine floor as a fraction of lr (~lr/10 per Chinchilla)."
@@ -105,13 +106,13 @@ class TrainConfig(StageConfig):
     compile: bool = Field(False, description="torch.compile the model (GPU runs).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     # --- volatile: cadence and locations
-    save_every: int = Field(100, ge=1, description="Checkpoint every N optimizer steps.")
+    save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
     save_every_minutes: float | None = Field(
         30.0, gt=0.0, description="Also checkpoint when this many minutes passed since the last one."
     )
     keep_last: int = Field(2, description="Committed checkpoints kept (>= 2).")
-    eval_every: int = Field(50, ge=1, description="Validation loss every N steps (and at the end).")
-    eval_sequences: int = Field(256, ge=1, description="Validation sequences per evaluation (at most).")
+    eval_every: int = Field(40, ge=1, description="Validation loss every N steps (and at the end).")
+    eval_sequences: int = Field(64, ge=1, description="Validation sequences per evaluation (at most).")
     log_every: int = Field(10, ge=1, description="Train metrics every N steps.")
     checkpoint_dir: str | None = Field(
         None, description="Local folder or gs://bucket/prefix for checkpoints; default OUTPUT/checkpoints."

@@ -6,6 +6,10 @@ starts workers in their own sessions, so signalling the launcher's process group
 supervisor signals every process of the child's tree itself, then waits until all of them are gone (the
 checkpoint is written by then), and reads the outcome from the run's metrics events, because both
 launchers turn the trainer's exit code 143 into 1.
+
+Data parallel on CPU: `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate 1.x runs
+multi-process CPU only under mpirun); `--multi_gpu --num_processes 2` on a machine without GPUs starts
+two, and the trainer asks for `Accelerator(cpu=True)`, which then uses gloo.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from codeparrot.env import home
 from codeparrot.errors import ConfigError
@@ -167,7 +168,8 @@ def train(
     last_saved_step = step if resume_dir is not None else -1
     t_log, tokens_at_log = time.perf_counter(), tokens_seen
     model.train()
-    with StopRequest(config.preemption_url, config.preemption_poll_seconds) as stop:
+    bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step", disable=None if main else True)
+    with bar, StopRequest(config.preemption_url, config.preemption_poll_seconds) as stop:
         while step < config.max_steps:
             # --- one optimizer step over grad_accum micro-batches; gradients sync on the last only
             loss_sum = torch.zeros((), device=accelerator.device)
@@ -184,6 +186,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens_seen += tokens_per_step
+            bar.update()
 
             # --- metrics (the .item() syncs the device only on logging steps)
             if step % config.log_every == 0 or step == config.max_steps:

@@ -56,7 +56,7 @@ def build_model(config: TrainConfig, vocab_size: int, eos_token_id: int) -> PreT
     # transformers derives the loss from the class name, which "GPT2LMHeadModel" does not match; say it.
     model.loss_type = "ForCausalLM"
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

