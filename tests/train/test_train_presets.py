@@ -67,6 +67,6 @@ def test_peak_flops_by_device_name(name: str | None, peak: float | None) -> None
 
 
 def test_gradient_checkpointing_is_switched_on_by_config() -> None:
-    assert not build_model(TrainConfig(), 256, 0).is_gradient_checkpointing
+    assert not build_model(TrainConfig(), 256, 0).is_activation_checkpointing
     model = build_model(TrainConfig(gradient_checkpointing=True), 256, 0)
-    assert model.is_gradient_checkpointing and not model.config.use_cache
+    assert model.is_activation_checkpointing and not model.config.use_cache

@@ -131,7 +131,7 @@ def test_two_process_gloo_run_trains_and_resumes(corpus, tmp_path) -> None:
     out = tmp_path / "ddp"
     launcher = accelerate_command([], num_processes=2)[: -len(["-m", "codeparrot.train"])]
     env = child_env(OMP_NUM_THREADS="1")
-    options = {"max_steps": 24, "save_every": 5, "batch_size": 4}
+    options = {"max_steps": 24, "save_every": 5, "batch_size": 4, "grad_accum": 2}
     proc = start_training(corpus, out, launcher=launcher, env=env, **options)
     tree = ProcessTree(proc.pid)
     wait_for_event(out, proc, lambda e: e["event"] == "train" and e["step"] >= 6, timeout=300)
