@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,7 +70,7 @@ class PublishConfig(StageConfig):
     hub_token: SecretStr | None = Field(None, description="Hub token; else HF_TOKEN from the environment.", repr=False)
     local_hub: Path = Field(default_factory=lambda: home() / "hub", description="The local stand-in for the Hub.")
 
-    volatile_fields: ClassVar[frozenset[str]] = frozenset({"hub_token", "hub_private", "local_hub", "hub_repo"})
+    volatile_fields: ClassVar[frozenset[str]] = frozenset({"hub_token", "hub_private", "local_hub"})
 
     @field_validator("hub_repo", "dataset_name")
     @classmethod
@@ -102,10 +103,14 @@ class PublishResult(PushResult):
         return self.revision
 
 
-def split_of(repo_name: str, cfg: PublishConfig) -> str:
-    """'valid' for a seeded-hash share of repositories, else 'train'."""
-    digest = hashlib.sha256(f"{cfg.seed}:{repo_name}".encode()).digest()
-    return "valid" if int.from_bytes(digest[:8], "big") / 2**64 < cfg.valid_fraction else "train"
+def repo_hash(repo_name: str, seed: int) -> float:
+    """A repository's seeded position in [0, 1): the split draws by it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{repo_name}".encode()).digest()[:8], "big") / 2**64
+
+
+def split_of(repo_name: str, cfg: PublishConfig, forced_valid: str | None = None) -> str:
+    """'valid' for a seeded-hash share of repositories (plus `forced_valid`), else 'train'."""
+    return "valid" if repo_name == forced_valid or repo_hash(repo_name, cfg.seed) < cfg.valid_fraction else "train"
 
 
 class _SplitWriter:
@@ -169,23 +174,50 @@ class _SplitWriter:
 
 
 def _records(in_dir: Path, strict: bool) -> Iterator[Record]:
+    stats_file = in_dir / "stats.json"
+    if stats_file.exists() and not list(in_dir.glob("*.json.gz")):
+        stats = json.loads(stats_file.read_text())
+        raise DataError(
+            f"curation kept {stats.get('kept', 0)} of {stats.get('records_in', '?')} records in {in_dir} "
+            f"(dropped: {stats.get('dropped')}): nothing to publish; loosen the filters or license list"
+        )
     for item in iter_records(list_shards(in_dir), strict=strict):
         if isinstance(item, BadRecord):
             raise DataError(f"curated data should be clean but {item.describe()}: re-run curate")
         yield item
 
 
-def build_dataset(
-    records: Iterable[Record], out: Path, cfg: PublishConfig, provenance: dict[str, Any] | None = None
-) -> dict[str, SplitStats]:
-    """Write `out/data/*.parquet` and `out/README.md` from records; returns per-split stats."""
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+def _write_splits(records: Iterable[Record], data: Path, cfg: PublishConfig, forced_valid: str | None) -> dict[str, _SplitWriter]:
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
     writers = {s: _SplitWriter(data, s, cfg) for s in SPLITS}
     for rec in records:
-        writers[split_of(rec["repo_name"], cfg)].add(rec)
+        writers[split_of(rec["repo_name"], cfg, forced_valid)].add(rec)
     for w in writers.values():
         w.finish()
+    return writers
+
+
+def build_dataset(
+    records: Iterable[Record] | Callable[[], Iterable[Record]],
+    out: Path,
+    cfg: PublishConfig,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, SplitStats]:
+    """Write `out/data/*.parquet` and `out/README.md` from records; returns per-split stats.
+
+    When the hash split leaves validation empty (a handful of repositories), the repository with the
+    smallest hash goes to validation instead; that needs a second pass, so pass a callable that
+    re-reads the records (a plain iterable is read once and then fails with a clear error).
+    """
+    data = out / "data"
+    source = records if callable(records) else (lambda: records)
+    writers = _write_splits(source(), data, cfg, None)
+    train_repos = writers["train"].repos
+    if writers["valid"].stats.files == 0 and len(train_repos) >= 2 and callable(records):
+        forced = min(train_repos, key=lambda r: (repo_hash(r, cfg.seed), r))
+        log.info("no repository drew validation at valid_fraction %.3f: %s goes there", cfg.valid_fraction, forced)
+        writers = _write_splits(records(), data, cfg, forced)
     stats = {s: w.stats for s, w in writers.items()}
     licenses = Counter[str]()
     for w in writers.values():
@@ -194,7 +226,7 @@ def build_dataset(
         if stats[split].files == 0:
             raise DataError(
                 f"the {split} split is empty ({stats[other].repos} repositories, all in {other}): "
-                f"adjust valid_fraction ({cfg.valid_fraction}) or the seed, or publish more repositories"
+                f"publish more repositories (valid_fraction {cfg.valid_fraction}, seed {cfg.seed})"
             )
     (out / "README.md").write_text(dataset_card(cfg, stats, licenses, provenance or {}))
     return stats
@@ -292,7 +324,7 @@ def publish(
     staging_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=staging_root) as tmp:
         build = Path(tmp) / "dataset"
-        stats = build_dataset(_records(in_path, strict=False), build, cfg, provenance)
+        stats = build_dataset(lambda: _records(in_path, strict=False), build, cfg, provenance)
         content_hash = folder_hash(build)
         if cfg.hub_repo:
             pushed = push_hub(

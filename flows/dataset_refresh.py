@@ -1,52 +1,114 @@
-"""Dataset refresh: BigQuery export -> GCS download -> (curate -> publish).
+"""Dataset refresh: BigQuery export -> GCS download -> curate -> publish.
 
 Scheduled weekly in deployments/prefect.yaml. Parameters are the stage configs, rendered by the Prefect UI
-as forms. Every task is cached on content (snapshot id, manifest hashes, stage configs, stage versions),
-so an unchanged rerun is all cache hits and a changed parameter reruns only the stages it reaches.
+as forms. Every task is cached on content (snapshot id, manifest and shard hashes, stage configs, stage
+versions), so an unchanged rerun is all cache hits and a changed parameter reruns only the stages it
+reaches. Curation runs as a subflow whose shard tasks go to Dask when `dask_address` is set.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 from prefect import flow
 from pydantic import BaseModel
 
+from codeparrot.config import short_hash
+from codeparrot.curate.config import CurateConfig
+from codeparrot.curate.pipeline import CURATE_VERSION, CurateResult
 from codeparrot.download import DownloadConfig, DownloadResult
-from codeparrot.export import ExportConfig, ExportResult
+from codeparrot.env import home
+from codeparrot.export import ExportConfig
+from codeparrot.publish import PublishConfig
 from codeparrot.services import ensure_services
+from tasks.curate import curate_shards, dask_runner
 from tasks.download import download_stage
 from tasks.export import export_stage
 from tasks.gcp import gcp_config
+from tasks.publish import provenance, publish_stage, report_task
 
 
 class RefreshResult(BaseModel):
-    export: ExportResult
-    download: DownloadResult
+    """Small: where each stage's output is and its identity, never data."""
+
+    export_uri: str
+    export_manifest_sha256: str
+    rows: int
+    download_dir: str
+    curated_dir: str
+    curated_hash: str
+    kept: int
+    dataset: str
+    revision: str
+    url: str
+    path: str | None
 
 
-@flow(name="dataset-refresh", description="BigQuery github_repos -> curated, published dataset.")
+@flow(name="curation", description="License filter, heuristics, exact and near dedup of the downloaded shards.")
+def curation(local: DownloadResult, cfg: CurateConfig, workers: int = 2, force_refresh: bool = False) -> CurateResult:
+    out = home() / "curated" / short_hash(local.identity(), cfg.fingerprint(CURATE_VERSION), length=16)
+    shards = [Path(f.path) for f in local.files]
+    return curate_shards(shards, cfg, home() / "curate-work", out, workers=workers, force=force_refresh)
+
+
+@flow(name="dataset-refresh", description="BigQuery github_repos -> curated dataset published to the Hub target.")
 def dataset_refresh(
     export: ExportConfig = ExportConfig(),  # noqa: B008 - pydantic defaults render as the UI form
     download: DownloadConfig = DownloadConfig(),  # noqa: B008
+    curate: CurateConfig = CurateConfig(),  # noqa: B008
+    publish: PublishConfig = PublishConfig(),  # noqa: B008
     gcp_project: str | None = None,
     gcp_credentials_block: str | None = None,
+    hub_token_block: str | None = None,
+    dask_address: str | None = None,
+    curate_workers: int = 2,
     force_refresh: bool = False,
 ) -> RefreshResult:
-    """Export, download; every stage cached on content. `force_refresh` recomputes every stage."""
+    """Export, download, curate, publish; `force_refresh` recomputes every stage.
+
+    `dask_address`: a Dask scheduler ("tcp://host:8786") for the per-shard curation, or "local" for a
+    LocalCluster on this machine; empty runs the shard tasks in threads here.
+    """
     with ensure_services():
         gcp = gcp_config(gcp_project, gcp_credentials_block)
         exported = export_stage(export, gcp, force=force_refresh)
         local = download_stage(exported, download, gcp, force=force_refresh)
-    return RefreshResult(export=exported, download=local)
+    curate_flow = curation.with_options(task_runner=dask_runner(None if dask_address == "local" else dask_address)) if dask_address else curation
+    curated = curate_flow(local, curate, curate_workers, force_refresh)
+    published = publish_stage(curated, publish, provenance(exported, local, curated, curate), hub_token_block, force=force_refresh)
+    report_task(exported, curated, published)
+    return RefreshResult(
+        export_uri=exported.uri,
+        export_manifest_sha256=exported.manifest_sha256,
+        rows=exported.rows,
+        download_dir=local.local_dir,
+        curated_dir=curated.out_dir,
+        curated_hash=curated.content_hash,
+        kept=curated.kept,
+        dataset=published.repo,
+        revision=published.revision,
+        url=published.url,
+        path=published.path,
+    )
 
 
 @click.command("refresh")
 @click.option("--snapshot-id", default=None, help="Pin the source snapshot (default: derived from the tables).")
 @click.option("--bucket", default=None, help="GCS bucket for export shards.")
+@click.option("--licenses", default=None, help="permissive | weak-copyleft | all | any | comma-separated keys.")
+@click.option("--hub-repo", default=None, help="Publish to this Hub dataset repo (needs HF_TOKEN, HF_HUB_OFFLINE=0).")
+@click.option("--dask-address", default=None, help="Dask scheduler for curation ('local' for a LocalCluster).")
 @click.option("--force-refresh", is_flag=True, help="Recompute every stage, ignoring caches.")
-def refresh_command(snapshot_id: str | None, bucket: str | None, force_refresh: bool) -> None:
+def refresh_command(
+    snapshot_id: str | None, bucket: str | None, licenses: str | None, hub_repo: str | None, dask_address: str | None, force_refresh: bool
+) -> None:
     """Run the dataset-refresh flow (embedded emulators unless GCP is configured)."""
-    overrides = {k: v for k, v in {"snapshot_id": snapshot_id, "bucket": bucket}.items() if v}
-    result = dataset_refresh(export=ExportConfig(**overrides), force_refresh=force_refresh)
-    click.echo(f"export:   {result.export.uri} ({result.export.rows} rows)")
-    click.echo(f"download: {result.download.local_dir}")
+    export = ExportConfig(**{k: v for k, v in {"snapshot_id": snapshot_id, "bucket": bucket}.items() if v})
+    curate = CurateConfig(licenses=tuple(licenses.split(","))) if licenses else CurateConfig()
+    publish = PublishConfig(hub_repo=hub_repo) if hub_repo else PublishConfig()
+    result = dataset_refresh(export=export, curate=curate, publish=publish, dask_address=dask_address, force_refresh=force_refresh)
+    click.echo(f"export:   {result.export_uri} ({result.rows} rows)")
+    click.echo(f"download: {result.download_dir}")
+    click.echo(f"curated:  {result.curated_dir} ({result.kept} kept)")
+    click.echo(f"dataset:  {result.dataset}@{result.revision} {result.url}")

@@ -17,15 +17,6 @@ from codeparrot.gcp import GCPConfig, bigquery_client
 from tasks._common import cached_call, content_cache, io_task_options, markdown_table
 
 
-@task(name="resolve-snapshot", **io_task_options())
-def snapshot_task(cfg: ExportConfig, gcp: GCPConfig) -> str:
-    """The snapshot id to export: pinned, or derived from the source tables (never cached: it is the probe)."""
-    with service_errors("BigQuery", gcp.bigquery_endpoint):
-        snapshot = resolve_snapshot(bigquery_client(gcp), cfg, gcp)
-    get_run_logger().info("source snapshot %s", snapshot)
-    return snapshot
-
-
 @task(name="export", cache_policy=content_cache("export", EXPORT_VERSION), **io_task_options())
 def export_task(cfg: ExportConfig, gcp: GCPConfig) -> ExportResult:
     """Materialise and export the query (reuses a complete export with the same snapshot and query)."""
@@ -44,6 +35,9 @@ def export_task(cfg: ExportConfig, gcp: GCPConfig) -> ExportResult:
 
 
 def export_stage(cfg: ExportConfig, gcp: GCPConfig, *, force: bool = False) -> ExportResult:
-    """Resolve the snapshot (always), then export keyed on it, so a new snapshot is a new export."""
-    snapshot = snapshot_task(cfg, gcp)
+    """Resolve the snapshot first (a metadata read, with the client's bounded retries), then run the export
+    task keyed on it: an unchanged source is a cache hit, a new snapshot a new export."""
+    with service_errors("BigQuery", gcp.bigquery_endpoint):
+        snapshot = resolve_snapshot(bigquery_client(gcp), cfg, gcp)
+    get_run_logger().info("source snapshot %s", snapshot)
     return cached_call(export_task, cfg.model_copy(update={"snapshot_id": snapshot}), gcp, force=force)

@@ -57,16 +57,23 @@ def load_source(embedded_services, gcp: GCPConfig, name: str, rows: dict[str, li
 
 
 def task_run_states(flow_state) -> dict[str, list[str]]:
-    """Task name -> state names of every task run of a finished flow run (for cache-hit assertions)."""
+    """Task name -> state names of every task run of a finished flow run and its subflows."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
 
-    flow_run_id = flow_state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     states: dict[str, list[str]] = {}
-    for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    with get_client(sync_client=True) as client:
+        pending = [flow_state.state_details.flow_run_id]
+        while pending:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending)))
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[r.id for r in runs]))
+            )
+            parents = {c.parent_task_run_id for c in children}
+            for run in runs:
+                if run.id not in parents:  # a subflow's stand-in task run: its own tasks are listed instead
+                    states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+            pending = [c.id for c in children]
     return states
 
 
@@ -98,3 +105,29 @@ def tiny_dataset(folder: Path, limit: int = 200, valid_fraction: float = 0.15) -
 
     build_dataset(stdlib_records(limit), folder, PublishConfig(valid_fraction=valid_fraction))
     return folder
+
+
+def source_tables(records: list[dict], licenses: dict[str, str | None]) -> dict[str, list[dict]]:
+    """github_repos rows (files, contents, licenses) holding `records`, sharing blobs like git does."""
+    import hashlib
+
+    files, contents = [], {}
+    for r in records:
+        data = r["content"].encode()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        files.append({"repo_name": r["repo_name"], "ref": "refs/heads/main", "path": r["path"], "mode": 33188, "id": blob})
+        row = contents.setdefault(blob, {"id": blob, "size": len(data), "content": r["content"], "binary": False, "copies": 0})
+        row["copies"] += 1
+    lic = [{"repo_name": repo, "license": v} for repo, v in sorted(licenses.items()) if v]
+    return {"files": files, "contents": list(contents.values()), "licenses": lic}
+
+
+def python_source(n_files: int = 160) -> dict[str, list[dict]]:
+    """A small github_repos of real stdlib code in several repos, with vendored copies and mixed licenses."""
+    recs = stdlib_records(n_files)
+    for i, r in enumerate(recs):
+        r["repo_name"] = f"org{i % 12}/project{i % 12}"
+    vendored = [dict(r, repo_name="vendor/bundle", path=f"_vendor/{r['path']}") for r in recs[:15]]
+    lic = {f"org{i}/project{i}": ("mit", "apache-2.0", "bsd-3-clause", "gpl-3.0")[i % 4] for i in range(12)}
+    lic["vendor/bundle"] = "mit"
+    return source_tables(recs + vendored, lic)

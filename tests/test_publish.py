@@ -152,9 +152,17 @@ def test_hub_errors_are_classified(tmp_path, status, error):
         publish(curated_dir(tmp_path, records()), cfg, api=FakeHub(fail=status))
 
 
-def test_an_empty_split_is_an_error_that_says_what_to_change(tmp_path):
-    with pytest.raises(DataError, match=r"valid split is empty .* adjust valid_fraction"):
-        publish(curated_dir(tmp_path, records(n_repos=2)), PublishConfig(local_hub=tmp_path / "hub", valid_fraction=0.01))
+def test_a_few_repositories_still_give_a_validation_split(tmp_path):
+    cfg = PublishConfig(local_hub=tmp_path / "hub", valid_fraction=0.01)
+    result = publish(curated_dir(tmp_path, records(n_repos=3)), cfg)
+    ds = datasets.load_dataset(result.path)
+    assert len(set(ds["valid"]["repo_name"])) == 1 and len(set(ds["train"]["repo_name"])) == 2
+    assert result.splits["valid"].files == 5
+
+
+def test_a_single_repository_cannot_be_split_and_says_so(tmp_path):
+    with pytest.raises(DataError, match=r"valid split is empty \(1 repositories"):
+        publish(curated_dir(tmp_path, records(n_repos=1)), PublishConfig(local_hub=tmp_path / "hub", valid_fraction=0.01))
     assert not list((tmp_path / "hub" / ".staging").iterdir())
 
 

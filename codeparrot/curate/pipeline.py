@@ -64,6 +64,7 @@ from codeparrot.curate.minhash import (
     token_sets,
 )
 from codeparrot.errors import ConfigError, DataError
+from codeparrot.hub import locked
 from codeparrot.shards import BadRecord, ShardWriter, dumps, list_shards
 
 log = logging.getLogger(__name__)
@@ -552,10 +553,18 @@ def finalize(
     out_dir = Path(out_dir)
     summaries = sorted(summaries, key=lambda s: (s.sha256, s.shard))
     key = input_key(cfg, [s.sha256 for s in summaries])
-    done = completed(out_dir, key)
-    if done is not None:
-        log.info("%s already holds this curation (%s): nothing to do", out_dir, key[:12])
-        return done
+    # Two refreshes finalizing into the same folder take turns; the second finds the first's result.
+    with locked(out_dir.parent / f".{out_dir.name}.lock"):
+        done = completed(out_dir, key)
+        if done is not None:
+            log.info("%s already holds this curation (%s): nothing to do", out_dir, key[:12])
+            return done
+        return _finalize(summaries, cfg, work_dir, out_dir, key, workers=workers)
+
+
+def _finalize(
+    summaries: list[ShardSummary], cfg: CurateConfig, work_dir: Path, out_dir: Path, key: str, *, workers: int
+) -> CurateResult:
     for s in summaries:
         if s.fingerprint != cfg.shard_fingerprint():
             raise ConfigError(f"{s.shard} was filtered with another config than this finalize's: rerun filter_shard")

@@ -1,28 +1,141 @@
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+from google.cloud import storage
+
+from codeparrot.curate.config import CurateConfig
 from codeparrot.download import DownloadConfig
 from codeparrot.export import ExportConfig
+from codeparrot.hub import folder_hash
+from codeparrot.publish import PublishConfig
 from flows.dataset_refresh import dataset_refresh
-from tests.builders import SRC_PROJECT, load_source, seed_rows, task_run_states
+from tests.builders import SRC_PROJECT, load_source, python_source, task_run_states
+
+STAGES = ("export", "download", "curate-shard", "curate-finalize", "publish", "refresh-report")
 
 
-def test_export_then_download_runs_and_a_second_run_is_all_cache_hits(prefect_harness, embedded_services, gcp, tmp_path):
-    load_source(embedded_services, gcp, "flow", seed_rows())
-    params = dict(
-        export=ExportConfig(source_project=SRC_PROJECT, bucket="flow-test", prefix="refresh"),
-        download=DownloadConfig(cache_dir=tmp_path / "cache"),
-    )
-    first = dataset_refresh(**params, return_state=True)
-    assert first.is_completed()
-    result = first.result()
-    assert result.export.rows == 4 and len(result.download.files) == len(result.export.shards)
-    assert task_run_states(first) == {"resolve-snapshot": ["Completed"], "export": ["Completed"], "download": ["Completed"]}
+@pytest.fixture(scope="module")
+def source(embedded_services, gcp_module):
+    load_source(embedded_services, gcp_module, "refresh-src", python_source())
+    return ExportConfig(source_project=SRC_PROJECT, bucket="refresh-test", prefix="refresh")
 
+
+@pytest.fixture(scope="module")
+def gcp_module(embedded_services):
+    from codeparrot.gcp import GCPConfig
+
+    return GCPConfig(project=embedded_services.project, bigquery_endpoint=embedded_services.bigquery,
+                     storage_endpoint=embedded_services.storage)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, source, tmp_path_factory):
+    params = {"export": source, "download": DownloadConfig(cache_dir=tmp_path_factory.mktemp("dl"))}
+    state = dataset_refresh(**params, return_state=True)
+    return params, state
+
+
+def test_refresh_publishes_a_loadable_dataset_whose_counts_reconcile(first_run):
+    _, state = first_run
+    assert state.is_completed()
+    assert set(task_run_states(state)) == set(STAGES)
+    assert all(s == ["Completed"] for name, s in task_run_states(state).items() if name != "curate-shard")
+    result = state.result()
+    ds = datasets.load_dataset(result.path)
+    assert ds["train"].num_rows + ds["valid"].num_rows == result.kept > 0
+    stats = (Path(result.curated_dir) / "stats.json").read_text()
+    import json
+
+    doc = json.loads(stats)
+    assert doc["records_in"] == result.rows == doc["kept"] + sum(doc["dropped"].values())
+    assert doc["dropped"]["license:gpl-3.0"] > 0 and doc["dropped"]["exact-dup"] > 0  # both filters did work
+    card = (Path(result.path) / "README.md").read_text()
+    assert f"{result.rows} rows" in card and "| curate |" in card and "exact-dup" in card
+
+
+def test_an_unchanged_rerun_is_all_cache_hits(first_run):
+    params, first = first_run
     second = dataset_refresh(**params, return_state=True)
-    assert task_run_states(second) == {"resolve-snapshot": ["Completed"], "export": ["Cached"], "download": ["Cached"]}
-    assert second.result() == result
+    states = task_run_states(second)
+    assert set(states) == set(STAGES)
+    assert all(set(s) == {"Cached"} for s in states.values()), states
+    assert second.result() == first.result()
 
-    # deleted outputs are rebuilt instead of a cache hit pointing at nothing
-    for f in result.download.files:
-        __import__("os").unlink(f.path)
-    third = dataset_refresh(**params, return_state=True)
-    assert task_run_states(third)["download"] == ["Completed"]
-    assert third.result().download.downloaded == len(result.download.files)
+
+def test_changing_the_license_list_reruns_curation_and_publish_only(first_run):
+    params, first = first_run
+    changed = dataset_refresh(**params, curate=CurateConfig(licenses=("all",)), return_state=True)
+    states = task_run_states(changed)
+    assert states["export"] == ["Cached"] and states["download"] == ["Cached"]
+    assert set(states["curate-shard"]) == {"Completed"} and states["curate-finalize"] == ["Completed"]
+    assert states["publish"] == ["Completed"]
+    assert changed.result().kept > first.result().kept  # gpl files are in now
+    assert changed.result().revision != first.result().revision
+
+
+def test_killing_gcs_mid_download_still_ends_with_the_identical_dataset(first_run, services, monkeypatch, tmp_path):
+    params, first = first_run
+    real = storage.Blob.download_to_file
+    started, restarted = threading.Event(), threading.Event()
+
+    def watched(self, *args, **kwargs):
+        started.set()
+        time.sleep(0.3)  # the emulator goes down while this request is in flight
+        return real(self, *args, **kwargs)
+
+    def kill_and_restart():
+        started.wait(60)
+        services.gcs.stop()
+        time.sleep(2.0)
+        services.restart_gcs()
+        restarted.set()
+
+    monkeypatch.setattr(storage.Blob, "download_to_file", watched)
+    killer = threading.Thread(target=kill_and_restart)
+    killer.start()
+    other = {"export": params["export"], "download": DownloadConfig(cache_dir=tmp_path / "dl2")}
+    state = dataset_refresh(**other, publish=PublishConfig(local_hub=tmp_path / "hub2"), force_refresh=True, return_state=True)
+    killer.join()
+    assert restarted.is_set() and state.is_completed()
+    result = state.result()
+    assert result.revision == first.result().revision
+    assert folder_hash(Path(result.path)) == folder_hash(Path(first.result().path))
+
+
+def _refresh_cli(home: Path) -> subprocess.Popen:
+    env = dict(os.environ, CODEPARROT_HOME=str(home), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "codeparrot.cli", "refresh"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_refreshes_at_once_share_cache_and_hub_without_corruption(embedded_services, gcp_module, tmp_path):
+    from codeparrot.services.seed import load_tables, write_table
+
+    folder = Path(embedded_services.bigquery_local_gcs_root) / "test-seeds" / "public"
+    for table, rows in python_source().items():
+        write_table(rows, folder / f"{table}.json.gz")
+    from google.cloud import bigquery
+
+    from codeparrot.gcp import bigquery_client
+
+    client = bigquery_client(gcp_module)
+    client.create_dataset(bigquery.Dataset("bigquery-public-data.github_repos"), exists_ok=True)
+    load_tables(client, "bigquery-public-data.github_repos", "gs://test-seeds/public")
+    procs = [_refresh_cli(tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+    revisions = {line.split("@")[1].split()[0] for o in outputs for line in o.splitlines() if line.startswith("dataset:")}
+    assert len(revisions) == 1
+    repo = tmp_path / "hub" / "datasets" / "codeparrot" / "codeparrot-clean"
+    (rev,) = revisions
+    assert folder_hash(repo / "revisions" / rev)[:12] == rev
+    assert (repo / "main").resolve().name == rev
+    ds = datasets.load_dataset(str(repo / "main"))
+    assert ds["train"].num_rows > 0 and ds["valid"].num_rows > 0
