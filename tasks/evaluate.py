@@ -95,3 +95,16 @@ def evaluate_model_task(model_dir: PathArg, data_dir: PathArg | None, cfg: EvalC
         summary.update({k: he[k] for k in he["pass_at_k"]})
         summary.update(humaneval_problems=he["problems"], humaneval_samples=he["n_samples"], humaneval_key=he["key"])
     return summary
+
+
+@task(name="sample-completions", cache_policy=_cache("sample-completions"), persist_result=True)
+def samples_task(model_dir: PathArg, prompt: str, n: int = 3, max_new_tokens: int = 64, seed: int = 1) -> list[str]:
+    """The seed's interactive check: n completions of a prompt, each cut at its first block."""
+    from codeparrot.evaluate.generation import complete
+    from codeparrot.evaluate.model import load_model
+
+    model, tokenizer = load_model(model_dir)
+    completions = complete(model, tokenizer, prompt, n=n, max_new_tokens=max_new_tokens, seed=seed)
+    body = "\n\n".join(f"```python\n{prompt}{c}\n```" for c in completions)
+    create_markdown_artifact(f"## Completions of `{prompt}`\n\n{body}", key="sample-completions")
+    return completions
