@@ -20,7 +20,16 @@ def pytest_configure(config: pytest.Config) -> None:
     """Every test session gets its own CODEPARROT_HOME, so no test reads or writes the user's caches."""
     import tempfile
 
-    os.environ["CODEPARROT_HOME"] = tempfile.mkdtemp(prefix="codeparrot-test-home-")
+    config.codeparrot_home = tempfile.mkdtemp(prefix="codeparrot-test-home-")  # type: ignore[attr-defined]
+    os.environ["CODEPARROT_HOME"] = config.codeparrot_home  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    home = getattr(config, "codeparrot_home", None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
