@@ -162,9 +162,10 @@ class GCSStore(CheckpointStore):
     @property
     def bucket(self) -> Any:
         if self._client is None:
-            from google.cloud import storage
+            from codeparrot.gcp import GCPConfig, storage_client
 
-            self._client = storage.Client()
+            # The same client factory as export/download: emulator endpoint or Google credentials by config.
+            self._client = storage_client(GCPConfig.from_env())
         return self._client.bucket(self._bucket_name)
 
     def _key(self, step: int, name: str = "") -> str:
