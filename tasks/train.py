@@ -8,6 +8,7 @@ is final and shows the tail of the child's log.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,17 @@ def train_model(
         elif kind in ("start", "checkpoint", "preempted", "completed"):
             logger.info("%s: %s", kind, {k: v for k, v in event.items() if k not in ("event", "time")})
 
-    outcome = supervise(cmd, metrics_path=out / METRICS_FILE, log_path=out / "logs" / "train.log", on_event=on_event)
+    # SIGTERM stays with Prefect's engine: `prefect flow-run execute` (SIGTERM behaviour "reschedule")
+    # acknowledges a reschedule only while the engine's own handler is installed, and otherwise SIGKILLs the
+    # engine, orphaning the trainer. That handler raises TerminationSignal inside `supervise`, which then
+    # forwards SIGTERM to the training processes and waits for their checkpoint.
+    outcome = supervise(
+        cmd,
+        metrics_path=out / METRICS_FILE,
+        log_path=out / "logs" / "train.log",
+        on_event=on_event,
+        forward_signals=(signal.SIGINT,),
+    )
     create_table_artifact(loss_curve(out / METRICS_FILE), key="training-loss-curve", description=f"loss curve of {out}")
     if outcome.completed and outcome.final:
         update_progress_artifact(progress, 100.0)

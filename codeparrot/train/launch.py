@@ -122,11 +122,14 @@ def supervise(
     env: dict[str, str] | None = None,
     stop_grace_seconds: float = 300.0,
     tail_chars: int = 4000,
+    forward_signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
 ) -> ChildOutcome:
     """Run `cmd` in its own session, forward SIGTERM/SIGINT to its whole tree, stream its metrics events.
 
     A signal received while the child runs is forwarded, the child is given `stop_grace_seconds` to
-    checkpoint and exit, then the signal is delivered again to this process's own handler.
+    checkpoint and exit, then the signal is delivered again to this process's own handler. A signal left
+    out of `forward_signals` keeps the caller's handler; if that handler raises, the tree is stopped the
+    same way (SIGTERM, wait) before the exception propagates.
     """
     log_file = Path(log_path)
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,7 @@ def supervise(
         tree.signal(signum)
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in forward_signals:
             previous[sig] = signal.signal(sig, forward)
 
     def drain() -> None:
