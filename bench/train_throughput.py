@@ -97,7 +97,7 @@ def seed_style(config: TrainConfig, data: Path, tok_dir: Path) -> dict[str, floa
         {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
     ]
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    optimizer = torch.optim.AdamW(groups, lr=config.peak_lr)
     scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
     texts = list(iter_texts(data, "train"))
     # The seed's shuffle buffer reads 1024 sequences' worth of characters per refill.

@@ -98,7 +98,7 @@ def summary_lines(result: EndToEndResult, seconds: float) -> list[str]:
 
 
 @click.command("run")
-@click.option("--max-steps", type=int, default=None, help="Training steps (default: the tiny preset's 120).")
+@click.option("--max-steps", type=int, default=None, help="Training steps (default 400).")
 @click.option("--vocab-size", type=int, default=None, help="Tokenizer vocabulary (default 32768).")
 @click.option("--humaneval-limit", type=int, default=DEMO_EVAL.limit, show_default=True, help="HumanEval problems.")
 @click.option("--force-refresh", is_flag=True, help="Recompute every stage, ignoring caches.")

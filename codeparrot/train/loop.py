@@ -112,7 +112,7 @@ def train(
     raw_model = build_model(config, len(tokenizer), tokenizer.eos_token_id)
     optimizer = torch.optim.AdamW(
         param_groups(raw_model, config.weight_decay),
-        lr=config.lr,
+        lr=config.peak_lr,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=1e-8,
         fused=accelerator.device.type == "cuda",

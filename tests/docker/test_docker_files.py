@@ -39,7 +39,7 @@ def test_entrypoint_is_exec_form_so_sigterm_reaches_the_worker(path):
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_base_image_and_torch_are_pinned(path):
     (base,) = [rest for word, rest in instructions(path) if word == "FROM"]
-    image, _, tag = base.partition(":")
+    _, _, tag = base.partition(":")
     assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), base
     text = path.read_text()
     assert "torch==2.13.0" in text and "-c constraints.txt" in text
