@@ -70,6 +70,7 @@ def test_deployment_parameters_are_valid_configs() -> None:
         params = deployments_by_name()[name]["parameters"]
         config = TrainConfig(**params["config"])
         assert config.preset == "small" and config.context_length == 1024, name
+        assert config.peak_lr == 5e-4, f"{name}: CodeParrot-small's learning rate"
         assert config.tokens_per_step() == 12 * 16 * 1024, f"{name}: the book's 192-sequence step on one GPU"
         EvalConfig(**params.get("eval_config", {}))
 
