@@ -34,6 +34,8 @@ def test_entrypoint_is_exec_form_so_sigterm_reaches_the_worker(path):
     assert len(entry) == 1
     argv = json.loads(entry[0])  # shell form would not parse as a JSON array
     assert argv[:2] == ["tini", "--"] and "prefect" in argv and "worker" in argv
+    # deployments' pull step finds the code through it (deployments/prefect.yaml)
+    assert "CODEPARROT_SRC=/opt/codeparrot" in path.read_text()
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -72,4 +74,5 @@ def test_compose_runs_server_worker_and_emulators_from_existing_files():
     assert worker_env["PREFECT_API_URL"].startswith("http://prefect-server:")
     assert worker_env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "reschedule"
     assert worker_env["STORAGE_EMULATOR_HOST"].startswith("http://emulators:")
+    assert worker_env["CODEPARROT_SRC"] == "/opt/codeparrot"
     assert "--advertise" in services["emulators"]["entrypoint"]
