@@ -56,16 +56,35 @@ def load_source(embedded_services, gcp: GCPConfig, name: str, rows: dict[str, li
     load_tables(client, f"{SRC_PROJECT}.github_repos", f"gs://test-seeds/{name}")
 
 
-def task_run_states(flow_state) -> dict[str, list[str]]:
-    """Task name -> state names of every task run of a finished flow run and its subflows."""
+def task_run_states(flow_state, timeout: float = 60.0) -> dict[str, list[str]]:
+    """Task name -> state names of every task run of a finished flow run and its subflows.
+
+    Task-run states reach the API through events, asynchronously, so this waits until every task run
+    is in a final state and two reads a second apart agree.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        states, final = _task_run_states(flow_state)
+        if (final and states == previous) or time.monotonic() > deadline:
+            return states
+        previous = states if final else None
+        time.sleep(1.0)
+
+
+def _task_run_states(flow_state) -> tuple[dict[str, list[str]], bool]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
 
     states: dict[str, list[str]] = {}
     with get_client(sync_client=True) as client:
         pending = [flow_state.state_details.flow_run_id]
+        final = bool(client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending))))
         while pending:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=pending)))
+            final = final and all(r.state is not None and r.state.is_final() for r in runs)
             children = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[r.id for r in runs]))
             )
@@ -74,7 +93,7 @@ def task_run_states(flow_state) -> dict[str, list[str]]:
                 if run.id not in parents:  # a subflow's stand-in task run: its own tasks are listed instead
                     states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
             pending = [c.id for c in children]
-    return states
+    return states, final
 
 
 def stdlib_records(limit: int = 200, *, min_bytes: int = 1024) -> list[dict]:

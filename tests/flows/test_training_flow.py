@@ -66,8 +66,15 @@ def test_flow_completes_through_a_task_retry_after_sigterm(prefect_harness, tmp_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    # Task-run states reach the API through events, asynchronously: wait for the final one.
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        [run] = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+            if (runs and runs[0].state.is_completed()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    [run] = runs
     assert run.run_count == 2 and run.state.is_completed()
