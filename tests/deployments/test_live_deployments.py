@@ -145,6 +145,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         live.start_worker("gpu-worker")
         yield live
     finally:
+        # Block loads here emitted events to this server: flush them before it stops, or the events
+        # worker of this test process keeps retrying a dead server and slows every later test.
+        from prefect.events.worker import EventsWorker
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: url}):
+            EventsWorker.drain_all(timeout=15)
         stack.stop_all()
 
 
