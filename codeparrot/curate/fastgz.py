@@ -89,6 +89,14 @@ def _inflate(path: str) -> Iterator[bytes]:
 
 def read_shard(path: str | os.PathLike[str], *, strict: bool = False) -> Iterator[Record | BadRecord]:
     """Each line of one shard as a record dict or a `BadRecord`, like `codeparrot.shards.iter_shard`."""
+    for item, _ in read_shard_lines(path, strict=strict):
+        yield item
+
+
+def read_shard_lines(
+    path: str | os.PathLike[str], *, strict: bool = False
+) -> Iterator[tuple[Record | BadRecord, bytes]]:
+    """`read_shard` with each record's input line (newline-terminated), so outputs can copy it unchanged."""
     shard = str(path)
     lineno = 0
     tail = b""
@@ -103,19 +111,19 @@ def read_shard(path: str | os.PathLike[str], *, strict: bool = False) -> Iterato
                 item = _parse_line(raw, shard, lineno)
                 if strict and isinstance(item, BadRecord):
                     raise DataError(f"{item.describe()} (rerun without --strict to count and skip such lines)")
-                yield item
+                yield item, raw + b"\n"
     except _StreamError as exc:
         bad = BadRecord(shard, lineno + 1, exc.reason, exc.detail)
         if strict:
             raise DataError(bad.describe()) from exc
-        yield bad
+        yield bad, b""
         return
     if tail.strip():
         lineno += 1
         item = _parse_line(tail, shard, lineno)
         if strict and isinstance(item, BadRecord):
             raise DataError(f"{item.describe()} (rerun without --strict to count and skip such lines)")
-        yield item
+        yield item, tail + b"\n"
 
 
 def write_shard(path: Path, lines: Iterable[bytes], *, level: int = 1) -> int:

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:  # the C accelerator (setup.py builds it when a compiler is there); same results as the NumPy path
+    from codeparrot.curate import _native
+except ImportError:  # pragma: no cover - exercised by forcing NATIVE = None in tests
+    _native = None
+NATIVE = _native
+
 TOKEN_HASH_BITS = 44
 _DOC_BITS = 64 - TOKEN_HASH_BITS
 #: Documents per `token_sets` call: the batch index must fit in the sort key's top bits.
@@ -96,6 +102,19 @@ def _hash_runs(joined: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
     return mix64(h ^ (lengths.astype(np.uint64) * _GOLDEN))
 
 
+def _native_hashes(contents: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """What `_token_runs` + `_hash_runs` compute, in one C pass over the documents."""
+    joined = b"\n".join(contents)
+    lengths = np.fromiter(map(len, contents), dtype=np.int64, count=len(contents))
+    starts = np.zeros(len(contents), dtype=np.int64)
+    starts[1:] = np.cumsum(lengths[:-1] + 1)
+    cap = len(joined) // 2 + len(contents) + 1  # token runs alternate with separators
+    h = np.empty(cap, dtype=np.uint64)
+    docs = np.empty(cap, dtype=np.int64)
+    n = NATIVE.token_hashes(joined, starts, starts + lengths, h, docs)
+    return h[:n], docs[:n]
+
+
 def _shingle(h: np.ndarray, doc_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of the n-grams of consecutive tokens inside one document (bigcode-style shingles)."""
     if len(h) < n:
@@ -128,8 +147,11 @@ def token_sets(contents: list[bytes], *, shingle: int = 1) -> TokenSets:
         raise ValueError(f"at most {MAX_BATCH_DOCS} documents per batch, got {n_docs}: split the batch")
     if n_docs == 0:
         return TokenSets(np.zeros(0, np.uint64), np.zeros(1, np.int64), np.zeros(0, np.int64))
-    joined, starts, ends, doc_ids = _token_runs(contents)
-    h = _hash_runs(joined, starts, ends)
+    if NATIVE is not None:
+        h, doc_ids = _native_hashes(contents)
+    else:
+        joined, starts, ends, doc_ids = _token_runs(contents)
+        h = _hash_runs(joined, starts, ends)
     tokens, offsets = _unique_per_doc(h, doc_ids, n_docs)
     n_tokens = np.diff(offsets)
     if shingle > 1:
@@ -164,6 +186,13 @@ def signatures(sets: TokenSets, a: np.ndarray, b: np.ndarray, rows: np.ndarray |
     lengths = sets.offsets[docs + 1] - sets.offsets[docs]
     if np.any(lengths == 0):
         raise ValueError("cannot sign an empty set")
+    if NATIVE is not None:
+        sig = np.empty((len(docs), len(a)), dtype=np.uint32)
+        NATIVE.minhash(
+            np.ascontiguousarray(sets.hashes, np.uint64), np.ascontiguousarray(sets.offsets, np.int64),
+            np.ascontiguousarray(docs, np.int64), np.ascontiguousarray(a, np.uint64), np.ascontiguousarray(b, np.uint64), sig,
+        )  # fmt: skip
+        return sig
     # the selected documents' tokens contiguously, then one vector pass over them per permutation
     if np.array_equal(docs, np.arange(docs[0], docs[0] + len(docs))):
         x = sets.hashes[sets.offsets[docs[0]] : sets.offsets[docs[-1] + 1]] & np.uint64(0xFFFFFFFF)
@@ -185,14 +214,14 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit hash per band of `rows` signature values (n x bands): equal bands, equal hashes."""
     if bands * rows > sig.shape[1]:
         raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} permutations, have {sig.shape[1]}")
-    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
-    s = sig.astype(np.uint64)
+    out = np.empty((bands, sig.shape[0]), dtype=np.uint64)
+    s = np.ascontiguousarray(sig.T, dtype=np.uint64)  # one contiguous row per permutation
     for k in range(bands):
         h = np.full(sig.shape[0], mix64(np.array([k], dtype=np.uint64))[0], dtype=np.uint64)
         for r in range(k * rows, (k + 1) * rows):
-            h = mix64(h ^ s[:, r])
-        out[:, k] = h
-    return out
+            h = mix64(h ^ s[r])
+        out[k] = h
+    return out.T.copy()
 
 
 def candidate_probability(jaccard: float, bands: int, rows: int) -> float:

@@ -52,7 +52,7 @@ from codeparrot.config import short_hash
 from codeparrot.curate import licenses, stats
 from codeparrot.curate.clusters import UnionFind, link_near_duplicates
 from codeparrot.curate.config import CurateConfig, DedupConfig
-from codeparrot.curate.fastgz import read_shard, write_shard
+from codeparrot.curate.fastgz import read_shard_lines, write_shard
 from codeparrot.curate.filters import Doc, HeuristicFilter, exact_digest
 from codeparrot.curate.minhash import (
     MAX_BATCH_DOCS,
@@ -65,7 +65,7 @@ from codeparrot.curate.minhash import (
 )
 from codeparrot.errors import ConfigError, DataError
 from codeparrot.hub import locked
-from codeparrot.shards import BadRecord, ShardWriter, dumps, list_shards
+from codeparrot.shards import BadRecord, ShardWriter, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ class _Survivors:
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tokens", "counts", "ntok", "setdig", "rows", "sig", "bands")}
         self.flushed = 0
 
-    def add(self, record: dict[str, Any], content: bytes, digest: bytes) -> None:
-        line = dumps(record)
+    def add(self, record: dict[str, Any], line: bytes, content: bytes, digest: bytes) -> None:
+        """`line` is the record's input line: kept records are written out byte for byte as they came."""
         self.lines.write(line)
         self.offsets.append(self.offsets[-1] + len(line))
         self.keys.append((record["repo_name"], record["path"]))
@@ -292,7 +292,7 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
     survivors = _Survivors(tmp, cfg)
     records_in = 0
     try:
-        for item in read_shard(shard, strict=cfg.strict):
+        for item, line in read_shard_lines(shard, strict=cfg.strict):
             records_in += 1
             if isinstance(item, BadRecord):
                 dropped[item.reason] += 1
@@ -304,7 +304,7 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                     dropped[reason] += 1
                     if reason == licenses.UNKNOWN:
                         unknown[str(item.get("license"))] += 1
-                    sink.write(reason, dumps(item))
+                    sink.write(reason, line)
                     continue
             doc = Doc(item["content"])
             digest = exact_digest(doc) if filt.needs_digest else b""
@@ -313,9 +313,9 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                 reason = filt.reason(doc, digest, n_tokens)
                 if reason is not None:
                     dropped[reason] += 1
-                    sink.write(reason, dumps(item))
+                    sink.write(reason, line)
                     continue
-            survivors.add(item, doc.raw, digest)
+            survivors.add(item, line, doc.raw, digest)
         if records_in == 0:
             if cfg.strict:
                 raise DataError(f"{shard}: empty shard, no records (rerun without --strict to count it and go on)")

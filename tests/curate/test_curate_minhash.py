@@ -95,3 +95,20 @@ def test_s_curve_of_the_default_banding() -> None:
     assert mh.candidate_probability(0.85, 13, 19) < 0.5
     bands, rows = mh.bands_for(0.85, 128, recall=0.9999)
     assert bands * rows <= 128 and mh.candidate_probability(0.85, bands, rows) >= 0.9999
+
+
+@pytest.mark.skipif(mh.NATIVE is None, reason="the C accelerator was not built (no compiler at install)")
+def test_c_accelerator_computes_exactly_what_numpy_computes(monkeypatch):
+    rng = random.Random(3)
+    alphabet = "abcXYZ_09 \t\n()=.:'\"é\u2603"
+    docs = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400))).encode() for _ in range(300)]
+    docs += [b"", b"   ", b"x" * 41 + b" " + b"y" * 16, b"\x80\x81abc\xff_1"]
+    a, b = mh.permutations(128, 7)
+    native_sets = mh.token_sets(docs)
+    native_sig = mh.signatures(native_sets, a, b)
+    monkeypatch.setattr(mh, "NATIVE", None)
+    numpy_sets = mh.token_sets(docs)
+    numpy_sig = mh.signatures(numpy_sets, a, b)
+    assert np.array_equal(native_sets.hashes, numpy_sets.hashes)
+    assert np.array_equal(native_sets.offsets, numpy_sets.offsets)
+    assert np.array_equal(native_sig, numpy_sig)
