@@ -3,7 +3,7 @@
 Scheduled weekly in deployments/prefect.yaml. Parameters are the stage configs, rendered by the Prefect UI
 as forms. Every task is cached on content (snapshot id, manifest and shard hashes, stage configs, stage
 versions), so an unchanged rerun is all cache hits and a changed parameter reruns only the stages it
-reaches. Curation runs as a subflow whose shard tasks go to Dask when `dask_address` is set.
+reaches. With `dask_address` set, curation runs as a subflow whose shard tasks go to that Dask cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from codeparrot.env import home
 from codeparrot.export import ExportConfig
 from codeparrot.publish import PublishConfig
 from codeparrot.services import ensure_services
+from flows._local import local_run
 from tasks.curate import curate_shards, dask_runner
 from tasks.download import download_stage
 from tasks.export import export_stage
@@ -45,11 +46,17 @@ class RefreshResult(BaseModel):
     path: str | None
 
 
-@flow(name="curation", description="License filter, heuristics, exact and near dedup of the downloaded shards.")
-def curation(local: DownloadResult, cfg: CurateConfig, workers: int = 2, force_refresh: bool = False) -> CurateResult:
+def curate_downloaded(local: DownloadResult, cfg: CurateConfig, workers: int, force_refresh: bool) -> CurateResult:
+    """The shard tasks and finalize, in the calling flow; output folder keyed on input and config."""
     out = home() / "curated" / short_hash(local.identity(), cfg.fingerprint(CURATE_VERSION), length=16)
     shards = [Path(f.path) for f in local.files]
     return curate_shards(shards, cfg, home() / "curate-work", out, workers=workers, force=force_refresh)
+
+
+@flow(name="curation", description="License filter, heuristics, exact and near dedup of the downloaded shards.")
+def curation(local: DownloadResult, cfg: CurateConfig, workers: int = 2, force_refresh: bool = False) -> CurateResult:
+    """Curation as a subflow, so its shard tasks can go to a Dask cluster (the refresh's `dask_address`)."""
+    return curate_downloaded(local, cfg, workers, force_refresh)
 
 
 @flow(name="dataset-refresh", description="BigQuery github_repos -> curated dataset published to the Hub target.")
@@ -74,8 +81,11 @@ def dataset_refresh(
         gcp = gcp_config(gcp_project, gcp_credentials_block)
         exported = export_stage(export, gcp, force=force_refresh)
         local = download_stage(exported, download, gcp, force=force_refresh)
-    curate_flow = curation.with_options(task_runner=dask_runner(None if dask_address == "local" else dask_address)) if dask_address else curation
-    curated = curate_flow(local, curate, curate_workers, force_refresh)
+    if dask_address:
+        runner = dask_runner(None if dask_address == "local" else dask_address)
+        curated = curation.with_options(task_runner=runner)(local, curate, curate_workers, force_refresh)
+    else:
+        curated = curate_downloaded(local, curate, curate_workers, force_refresh)
     published = publish_stage(curated, publish, provenance(exported, local, curated, curate), hub_token_block, force=force_refresh)
     report_task(exported, curated, published)
     return RefreshResult(
@@ -107,7 +117,8 @@ def refresh_command(
     export = ExportConfig(**{k: v for k, v in {"snapshot_id": snapshot_id, "bucket": bucket}.items() if v})
     curate = CurateConfig(licenses=tuple(licenses.split(","))) if licenses else CurateConfig()
     publish = PublishConfig(hub_repo=hub_repo) if hub_repo else PublishConfig()
-    result = dataset_refresh(export=export, curate=curate, publish=publish, dask_address=dask_address, force_refresh=force_refresh)
+    with local_run():
+        result = dataset_refresh(export=export, curate=curate, publish=publish, dask_address=dask_address, force_refresh=force_refresh)
     click.echo(f"export:   {result.export_uri} ({result.rows} rows)")
     click.echo(f"download: {result.download_dir}")
     click.echo(f"curated:  {result.curated_dir} ({result.kept} kept)")

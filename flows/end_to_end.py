@@ -21,6 +21,7 @@ from codeparrot.export import ExportConfig
 from codeparrot.publish import PublishConfig
 from codeparrot.tokenizer import TokenizerConfig
 from codeparrot.train.config import TrainConfig
+from flows._local import local_run
 from flows.dataset_refresh import RefreshResult, dataset_refresh
 from flows.tokenizer import tokenizer_flow
 from flows.training import training
@@ -108,5 +109,6 @@ def run_command(max_steps: int | None, vocab_size: int | None, humaneval_limit: 
     tok = TokenizerConfig(vocab_size=vocab_size, baseline_vocab_size=min(8192, vocab_size // 4)) if vocab_size else TokenizerConfig()
     evaluation = DEMO_EVAL.model_copy(update={"limit": humaneval_limit})
     t0 = time.monotonic()
-    result = end_to_end(tokenizer=tok, train=train, evaluation=evaluation, force_refresh=force_refresh)
+    with local_run():
+        result = end_to_end(tokenizer=tok, train=train, evaluation=evaluation, force_refresh=force_refresh)
     click.echo("\n".join(summary_lines(result, time.monotonic() - t0)))
