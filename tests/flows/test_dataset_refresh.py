@@ -139,3 +139,13 @@ def test_two_refreshes_at_once_share_cache_and_hub_without_corruption(embedded_s
     assert (repo / "main").resolve().name == rev
     ds = datasets.load_dataset(str(repo / "main"))
     assert ds["train"].num_rows > 0 and ds["valid"].num_rows > 0
+
+
+@pytest.mark.slow
+def test_curation_on_a_local_dask_cluster_gives_the_same_dataset(first_run, tmp_path):
+    params, first = first_run
+    state = dataset_refresh(**params, dask_address="local", publish=PublishConfig(local_hub=tmp_path / "hub"),
+                            force_refresh=True, return_state=True)  # fmt: skip
+    assert state.is_completed()
+    assert set(task_run_states(state)["curate-shard"]) == {"Completed"}
+    assert state.result().revision == first.result().revision
