@@ -42,6 +42,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def threads_per_process(num_processes: int) -> int:
+    """OMP_NUM_THREADS when the user set it, else this machine's CPUs shared among the processes."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, num_processes))
+
+
 def accelerate_command(train_args: Sequence[str], *, num_processes: int = 1) -> list[str]:
     """`accelerate launch ... -m codeparrot.train ARGS` with every launcher setting explicit (no warnings)."""
     cmd = [
@@ -49,6 +57,8 @@ def accelerate_command(train_args: Sequence[str], *, num_processes: int = 1) -> 
         "--num_processes", str(num_processes), "--num_machines", "1",
         # The trainer sets its own precision (TrainConfig.mixed_precision) and compiles itself.
         "--mixed_precision", "no", "--dynamo_backend", "no",
+        # accelerate otherwise exports OMP_NUM_THREADS=1 to each process: half the speed on 2 CPU cores.
+        "--num_cpu_threads_per_process", str(threads_per_process(num_processes)),
     ]
     if num_processes > 1:
         # Data parallel through torch elastic; on a machine without GPUs the trainer selects gloo on CPU.
