@@ -84,21 +84,20 @@ def safe_local_path(root: Path, relative: str) -> Path:
     return target
 
 
-def file_crc32c(path: Path) -> str:
-    """Base64 of the big-endian crc32c, as GCS reports it."""
-    c = google_crc32c.Checksum()
+def _digest(path: Path, hasher: Any) -> str:
+    """Base64 of a checksum over the file's bytes, as GCS reports crc32c and md5."""
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(_CHUNK), b""):
-            c.update(block)
-    return base64.b64encode(c.digest()).decode()
+            hasher.update(block)
+    return base64.b64encode(hasher.digest()).decode()
+
+
+def file_crc32c(path: Path) -> str:
+    return _digest(path, google_crc32c.Checksum())
 
 
 def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(block)
-    return base64.b64encode(h.digest()).decode()
+    return _digest(path, hashlib.md5())  # GCS's object checksum, not security
 
 
 def matches(path: Path, obj: ShardObject) -> bool:
