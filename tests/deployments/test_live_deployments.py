@@ -169,7 +169,18 @@ def reference(corpus: tuple[Path, Path], live: Live, tmp_path_factory: pytest.Te
     out = tmp_path_factory.mktemp("live-reference") / "run"
     out.mkdir()
     (out / "train-config.json").write_text(TRAIN.model_dump_json())
-    live.stack.run(accelerate_command(train_arguments(out / "train-config.json", str(data), str(tok), str(out))), timeout=600)
+    # The command as the worker's task builds it, in the worker's environment (its OMP_NUM_THREADS sets the
+    # launcher's threads per process, and the arithmetic must match for identical weights).
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = live.stack.env["OMP_NUM_THREADS"]
+    try:
+        cmd = accelerate_command(train_arguments(out / "train-config.json", str(data), str(tok), str(out)))
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    live.stack.run(cmd, timeout=600)
     return (out / "final" / "model.safetensors").read_bytes()
 
 
