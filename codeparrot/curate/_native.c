@@ -38,17 +38,33 @@ static inline uint64_t load_le(const unsigned char *p, Py_ssize_t n) {
     return v;
 }
 
-static inline uint64_t hash_run(const unsigned char *p, Py_ssize_t len) {
-    uint64_t h = load_le(p, len < 8 ? len : 8);
+static const uint64_t KEEP[9] = {0, 0xFFULL, 0xFFFFULL, 0xFFFFFFULL, 0xFFFFFFFFULL, 0xFFFFFFFFFFULL,
+                                 0xFFFFFFFFFFFFULL, 0xFFFFFFFFFFFFFFULL, 0xFFFFFFFFFFFFFFFFULL};
+
+/* With `padded`, 8 bytes past the run are readable: whole-word loads, masked to the run. */
+static inline uint64_t load_word(const unsigned char *p, Py_ssize_t n, int padded) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (padded) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        return v & KEEP[n];
+    }
+#endif
+    return load_le(p, n);
+}
+
+static inline uint64_t hash_run(const unsigned char *p, Py_ssize_t len, int padded) {
+    uint64_t h = load_word(p, len < 8 ? len : 8, padded);
     for (Py_ssize_t off = 8; off < len; off += 8) {
         Py_ssize_t rest = len - off;
-        h = mix64(h) ^ load_le(p + off, rest < 8 ? rest : 8);
+        h = mix64(h) ^ load_word(p + off, rest < 8 ? rest : 8, padded);
     }
     return mix64(h ^ ((uint64_t)len * GOLDEN));
 }
 
 /* token_hashes(text, doc_starts, doc_ends, out_hashes, out_docs) -> n
- * Every run of [A-Za-z0-9_] bytes inside each document's byte range, hashed; its document index. */
+ * Every run of [A-Za-z0-9_] bytes inside each document's byte range, hashed; its document index.
+ * Pad `text` with 8 bytes after the last document for the fast path. */
 static PyObject *token_hashes(PyObject *self, PyObject *args) {
     Py_buffer text, starts, ends, out_h, out_d;
     if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &text, &starts, &ends, &out_h, &out_d)) return NULL;
@@ -59,6 +75,8 @@ static PyObject *token_hashes(PyObject *self, PyObject *args) {
     int64_t *od = out_d.buf;
     Py_ssize_t n = 0;
     int overflow = 0;
+    /* whole-word loads are safe when the buffer holds 8 bytes past the last document */
+    int padded = n_docs == 0 || text.len >= de[n_docs - 1] + 8;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t d = 0; d < n_docs && !overflow; d++) {
         Py_ssize_t i = ds[d], end = de[d];
@@ -68,7 +86,7 @@ static PyObject *token_hashes(PyObject *self, PyObject *args) {
             while (i < end && TOKEN[buf[i]]) i++;
             if (i > s) {
                 if (n >= cap) { overflow = 1; break; }
-                oh[n] = hash_run(buf + s, i - s);
+                oh[n] = hash_run(buf + s, i - s, padded);
                 od[n] = d;
                 n++;
             }

@@ -521,18 +521,11 @@ def _plan_shards(corpus: _Corpus, kept: np.ndarray, cfg: CurateConfig) -> list[n
 
 
 def _write_shard(corpus: _Corpus, ids: np.ndarray, index: int, out_dir: Path, level: int) -> tuple[str, str]:
-    """One output shard, atomically; its name and the sha256 of its records."""
-    h = hashlib.sha256()
-
-    def lines() -> Iterator[bytes]:
-        for g in ids.tolist():
-            line = corpus.line(g)
-            h.update(line)
-            yield line
-
+    """One output shard, atomically; its name and the sha256 of its bytes (1/4 of the records' bytes to
+    hash, in large GIL-free reads, instead of one call per record)."""
     final = out_dir / f"{OUTPUT_STEM}-{index:05d}.json.gz"
-    write_shard(final, lines(), level=level)
-    return final.name, h.hexdigest()
+    write_shard(final, (corpus.line(g) for g in ids.tolist()), level=level)
+    return final.name, file_sha256(final)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
