@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from codeparrot.config import StageConfig, short_hash
 from codeparrot.errors import CodeParrotError, ConfigError, PermanentServiceError, ServiceError
-from codeparrot.gcp import GCPConfig, bigquery_client, storage_client
+from codeparrot.gcp import GCPConfig, bigquery_client, check_project_id, storage_client
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ EXPORT_VERSION = "1"
 MANIFEST_NAME = "_MANIFEST.json"
 SHARD_PATTERN = "file-*.json.gz"
 
-_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
 _DATASET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -80,9 +79,7 @@ class ExportConfig(StageConfig):
     @field_validator("source_project")
     @classmethod
     def _project(cls, v: str) -> str:
-        if not _PROJECT_RE.match(v):
-            raise ValueError(f"{v!r} is not a valid project id (lowercase letters, digits, hyphens; 6-63 chars)")
-        return v
+        return check_project_id(v)
 
     @field_validator("source_dataset", "dest_dataset")
     @classmethod

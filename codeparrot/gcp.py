@@ -19,6 +19,14 @@ from codeparrot.config import StageConfig
 from codeparrot.errors import ConfigError
 
 DEFAULT_PROJECT = "codeparrot-local"
+PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
+
+
+def check_project_id(value: str) -> str:
+    """`value` if it is a valid GCP project id, else a ValueError that says what one looks like."""
+    if not PROJECT_ID_RE.match(value):
+        raise ValueError(f"project {value!r} is not a valid project id (lowercase letters, digits, hyphens; 6-63 chars)")
+    return value
 
 
 class GCPConfig(StageConfig):
@@ -42,9 +50,7 @@ class GCPConfig(StageConfig):
     @field_validator("project")
     @classmethod
     def _project(cls, value: str) -> str:
-        if not re.match(r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$", value):
-            raise ValueError(f"project {value!r} is not a valid project id (lowercase letters, digits, hyphens)")
-        return value
+        return check_project_id(value)
 
     @field_validator("bigquery_endpoint", "storage_endpoint")
     @classmethod
