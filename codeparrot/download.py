@@ -27,8 +27,8 @@ from tqdm import tqdm
 from codeparrot.config import StageConfig
 from codeparrot.env import home
 from codeparrot.errors import DataError
-from codeparrot.export import MANIFEST_NAME, ExportResult, ShardObject, service_errors
-from codeparrot.gcp import GCPConfig, parse_gs_uri, storage_client
+from codeparrot.export import MANIFEST_NAME, ExportResult, ShardObject
+from codeparrot.gcp import GCPConfig, parse_gs_uri, service_errors, storage_client
 
 log = logging.getLogger(__name__)
 

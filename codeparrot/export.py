@@ -12,21 +12,26 @@ A `_MANIFEST.json` (objects, sizes, checksums, generations, row count) is create
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import click
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from codeparrot.config import StageConfig, short_hash
-from codeparrot.errors import CodeParrotError, ConfigError, PermanentServiceError, ServiceError
-from codeparrot.gcp import GCPConfig, bigquery_client, check_project_id, storage_client
+from codeparrot.errors import ConfigError
+from codeparrot.gcp import (
+    GCPConfig,
+    bigquery_client,
+    check_project_id,
+    ensure_bucket,
+    service_errors,
+    storage_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,43 +184,6 @@ def build_query(cfg: ExportConfig) -> Query:
     return Query(sql=sql, params=params)
 
 
-@contextlib.contextmanager
-def service_errors(service: str, endpoint: str | None) -> Iterator[None]:
-    """Turn client exceptions into errors that name the service and say what to do."""
-    from google.api_core import exceptions as gexc
-    from google.auth import exceptions as auth_exc
-
-    where = endpoint or "Google Cloud"
-    try:
-        yield
-    except CodeParrotError:
-        raise
-    except (gexc.Unauthorized, gexc.Forbidden, auth_exc.DefaultCredentialsError, auth_exc.RefreshError) as exc:
-        raise PermanentServiceError(
-            f"{service} at {where} refused the credentials: {_short(exc)}. Check GOOGLE_APPLICATION_CREDENTIALS "
-            "or the GCP credentials block, and the account's roles."
-        ) from exc
-    except gexc.BadRequest as exc:
-        raise PermanentServiceError(f"{service} rejected the request: {_short(exc)}") from exc
-    except gexc.NotFound as exc:
-        raise PermanentServiceError(f"{service}: not found: {_short(exc)}") from exc
-    except gexc.ClientError as exc:
-        raise PermanentServiceError(f"{service} at {where}: {_short(exc)}") from exc
-    except (gexc.GoogleAPIError, OSError, TimeoutError) as exc:
-        raise ServiceError(f"{service} at {where} is unreachable or failing: {_short(exc)}; retry later") from exc
-    except Exception as exc:
-        import requests
-
-        if isinstance(exc, requests.RequestException):
-            raise ServiceError(f"{service} at {where} is unreachable: {_short(exc)}; is it running?") from exc
-        raise
-
-
-def _short(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return text.splitlines()[0][:400] if text else type(exc).__name__
-
-
 def _retry(gcp: GCPConfig) -> Any:
     from google.cloud.bigquery import DEFAULT_RETRY
 
@@ -246,15 +214,6 @@ def _read_manifest(blob: Any, gcp: GCPConfig) -> ExportResult | None:
         return None
     result = ExportResult.model_validate_json(data)
     return result.model_copy(update={"reused": True})
-
-
-def ensure_bucket(storage: Any, name: str, location: str, gcp: GCPConfig) -> None:
-    if storage.lookup_bucket(name, timeout=gcp.timeout_s) is None:
-        log.info("creating bucket gs://%s", name)
-        from google.api_core import exceptions as gexc
-
-        with contextlib.suppress(gexc.Conflict):
-            storage.create_bucket(name, location=location, timeout=gcp.timeout_s)
 
 
 def run_export(cfg: ExportConfig, gcp: GCPConfig) -> ExportResult:

@@ -7,16 +7,18 @@ clients use Google with Application Default Credentials or a service-account key
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
 from codeparrot.config import StageConfig
-from codeparrot.errors import ConfigError
+from codeparrot.errors import CodeParrotError, ConfigError, PermanentServiceError, ServiceError
 
 DEFAULT_PROJECT = "codeparrot-local"
 PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
@@ -128,3 +130,49 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ConfigError(f"{uri!r} has no bucket name")
     return bucket, name
+
+
+@contextlib.contextmanager
+def service_errors(service: str, endpoint: str | None) -> Iterator[None]:
+    """Turn client exceptions into errors that name the service and say what to do."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    where = endpoint or "Google Cloud"
+    try:
+        yield
+    except CodeParrotError:
+        raise
+    except (gexc.Unauthorized, gexc.Forbidden, auth_exc.DefaultCredentialsError, auth_exc.RefreshError) as exc:
+        raise PermanentServiceError(
+            f"{service} at {where} refused the credentials: {_short(exc)}. Check GOOGLE_APPLICATION_CREDENTIALS "
+            "or the GCP credentials block, and the account's roles."
+        ) from exc
+    except gexc.BadRequest as exc:
+        raise PermanentServiceError(f"{service} rejected the request: {_short(exc)}") from exc
+    except gexc.NotFound as exc:
+        raise PermanentServiceError(f"{service}: not found: {_short(exc)}") from exc
+    except gexc.ClientError as exc:
+        raise PermanentServiceError(f"{service} at {where}: {_short(exc)}") from exc
+    except (gexc.GoogleAPIError, OSError, TimeoutError) as exc:
+        raise ServiceError(f"{service} at {where} is unreachable or failing: {_short(exc)}; retry later") from exc
+    except Exception as exc:
+        import requests
+
+        if isinstance(exc, requests.RequestException):
+            raise ServiceError(f"{service} at {where} is unreachable: {_short(exc)}; is it running?") from exc
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+def ensure_bucket(storage: Any, name: str, location: str, gcp: GCPConfig) -> None:
+    """Create bucket `name` if it does not exist (a concurrent creator winning is fine)."""
+    if storage.lookup_bucket(name, timeout=gcp.timeout_s) is None:
+        from google.api_core import exceptions as gexc
+
+        with contextlib.suppress(gexc.Conflict):
+            storage.create_bucket(name, location=location, timeout=gcp.timeout_s)

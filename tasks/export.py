@@ -11,9 +11,8 @@ from codeparrot.export import (
     ExportResult,
     resolve_snapshot,
     run_export,
-    service_errors,
 )
-from codeparrot.gcp import GCPConfig, bigquery_client
+from codeparrot.gcp import GCPConfig, bigquery_client, service_errors
 from tasks._common import cached_call, content_cache, io_task_options, markdown_table
 
 
