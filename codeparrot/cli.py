@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "perplexity": ("codeparrot.evaluate.cli:perplexity", "Validation loss and perplexity of a model."),
     "humaneval": ("codeparrot.evaluate.cli:humaneval", "HumanEval pass@k with sandboxed execution."),
     "generate": ("codeparrot.evaluate.cli:generate", "Sample completions of a prompt."),
+    "pretokenize": ("flows.pretokenize:pretokenize_command", "Token shards of a dataset revision with a tokenizer revision."),
+    "fetch": ("codeparrot.artifacts:fetch_command", "A local read-only copy of an hf://, gs:// or local artifact."),
     "run": ("flows.end_to_end:run_command", "The whole DAG on the embedded defaults, in one command."),
 }
 

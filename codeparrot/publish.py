@@ -4,12 +4,13 @@
   repository cannot leak from train into validation. Deterministic whatever the input order.
 - Layout: `data/{split}-00000-of-000NN.parquet` plus `README.md` whose YAML declares the configs and
   splits, so `datasets.load_dataset(folder)` reads both splits as they are named here.
-- Target: a Hugging Face Hub dataset repo when `hub_repo` and a token are configured (one commit for the
-  whole folder, skipped when the head already holds the same content hash), else the embedded stand-in: a
-  local folder per repo with immutable `revisions/<id>/`, a `main` link moved atomically, and a
-  `revisions.jsonl` log. Concurrent publishers serialise on a file lock.
+- Target: the Hub the configuration names (`codeparrot.hub`): the Hugging Face Hub (one commit for the
+  whole folder, skipped when the head already holds the same content hash) or the embedded stand-in
+  (immutable revisions named by content hash, the head moved by compare-and-swap), either way under
+  `dataset_name`.
 
-The revision id is the content hash of the built folder: downstream stages key their caches on it.
+The result is the dataset's `hf://datasets/OWNER/NAME@REV` URI: downstream stages take it and key their
+caches on the revision.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from typing import Any, ClassVar
 import click
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field, SecretStr, field_validator
+import yaml
+from pydantic import BaseModel, Field, field_validator
 
 from codeparrot.config import StageConfig
 from codeparrot.env import home
 from codeparrot.errors import ConfigError, DataError
-from codeparrot.hub import PushResult, folder_hash, local_repo_dir, push_hub, push_local
+from codeparrot.hub import Hub, PushResult, folder_hash
 from codeparrot.shards import BadRecord, Record, iter_records, list_shards
 
 log = logging.getLogger(__name__)
@@ -64,27 +66,19 @@ class PublishConfig(StageConfig):
     seed: int = Field(0, description="Salt of the split hash: another seed, another split.")
     max_shard_mib: float = Field(256.0, gt=0, description="Parquet shard size before a new shard starts.")
     row_group_rows: int = Field(1000, ge=1, description="Rows per Parquet row group (the unit readers stream).")
-    dataset_name: str = Field("codeparrot/codeparrot-clean", description="owner/name of the dataset repo.")
-    hub_repo: str | None = Field(None, description="Hugging Face Hub dataset repo; empty publishes locally.")
-    hub_private: bool = Field(True, description="Create the Hub repo private.")
-    hub_token: SecretStr | None = Field(None, description="Hub token; else HF_TOKEN from the environment.", repr=False)
-    local_hub: Path = Field(default_factory=lambda: home() / "hub", description="The local stand-in for the Hub.")
+    dataset_name: str = Field(
+        "codeparrot/codeparrot-clean", description="owner/name of the dataset repo (on the Hub, or in its stand-in)."
+    )
+    private: bool = Field(True, description="Create the Hub repo private (the stand-in has no visibility).")
 
-    volatile_fields: ClassVar[frozenset[str]] = frozenset({"hub_token", "hub_private", "local_hub"})
+    volatile_fields: ClassVar[frozenset[str]] = frozenset({"private"})
 
-    @field_validator("hub_repo", "dataset_name")
+    @field_validator("dataset_name")
     @classmethod
-    def _repo(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
+    def _repo(cls, v: str) -> str:
         if not _REPO_RE.match(v):
             raise ValueError(f"repo {v!r} must look like 'owner/name' (letters, digits, '-', '_', '.')")
         return v
-
-    def token(self) -> str | None:
-        if self.hub_token is not None:
-            return self.hub_token.get_secret_value()
-        return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
 
 
 class SplitStats(BaseModel):
@@ -95,9 +89,10 @@ class SplitStats(BaseModel):
 
 
 class PublishResult(PushResult):
-    """Where the dataset was published and its revision (what downstream caches key on)."""
+    """Where the dataset was published: its `hf://datasets/...@REV` URI (what downstream stages take)."""
 
     splits: dict[str, SplitStats]
+    card: str = ""
 
     def identity(self) -> str:
         return self.revision
@@ -260,6 +255,9 @@ def dataset_card(cfg: PublishConfig, stats: dict[str, SplitStats], licenses: Cou
     yaml_lines += ["  splits:"]
     for s in SPLITS:
         yaml_lines += [f"  - name: {s}", f"    num_bytes: {stats[s].bytes}", f"    num_examples: {stats[s].files}"]
+    # Machine-readable lineage for the stages downstream (the model card repeats it).
+    lineage = {"snapshot_id": prov.get("snapshot_id"), "export_uri": prov.get("export_uri"), "licenses": lic}
+    yaml_lines += yaml.safe_dump({"codeparrot": lineage}, sort_keys=True).splitlines()
     yaml_lines.append("---")
 
     rows = "\n".join(f"| {s} | {stats[s].files} | {stats[s].bytes / 2**20:.1f} | {stats[s].repos} | {stats[s].shards} |" for s in SPLITS)
@@ -312,56 +310,66 @@ def publish(
     in_dir: str | os.PathLike[str],
     cfg: PublishConfig,
     *,
+    hub: Hub,
     provenance: dict[str, Any] | None = None,
-    api: Any = None,
+    staging: str | os.PathLike[str] | None = None,
 ) -> PublishResult:
-    """Split and write the curated shards of `in_dir`, then push to the configured target."""
+    """Split and write the curated shards of `in_dir` in a temp folder, then push it to `hub`."""
     in_path = Path(in_dir)
     if provenance is None:
         stats_file = in_path / "stats.json"
         provenance = {"dropped": json.loads(stats_file.read_text()).get("dropped", {})} if stats_file.exists() else {}
-    staging_root = cfg.local_hub / ".staging"
+    staging_root = Path(staging) if staging is not None else home() / "staging"
     staging_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=staging_root) as tmp:
+    with tempfile.TemporaryDirectory(dir=staging_root, prefix="publish-") as tmp:
         build = Path(tmp) / "dataset"
         stats = build_dataset(lambda: _records(in_path, strict=False), build, cfg, provenance)
-        content_hash = folder_hash(build)
-        if cfg.hub_repo:
-            pushed = push_hub(
-                build, cfg.hub_repo, "dataset", token=cfg.token(), private=cfg.hub_private,
-                content_hash=content_hash, delete_patterns=["data/*.parquet"], api=api,
-            )  # fmt: skip
-        else:
-            pushed = push_local(build, cfg.local_hub, "dataset", cfg.dataset_name, content_hash)
-    result = PublishResult(**pushed.model_dump(), splits=stats)
+        card = (build / "README.md").read_text(encoding="utf-8")
+        pushed = hub.push(
+            build, "dataset", cfg.dataset_name, private=cfg.private, content_hash=folder_hash(build),
+            delete_patterns=["data/*.parquet"],
+        )  # fmt: skip
+    result = PublishResult(**pushed.model_dump(), splits=stats, card=card)
     log.info(
-        "published %s revision %s (%s): train %d files, valid %d files%s",
-        result.repo, result.revision, result.target, stats["train"].files, stats["valid"].files,
+        "published %s (%s): train %d files, valid %d files%s",
+        result.uri, result.target, stats["train"].files, stats["valid"].files,
         " (unchanged, skipped)" if result.skipped else "",
     )  # fmt: skip
     return result
 
 
-def published_path(cfg: PublishConfig, revision: str | None = None) -> Path:
-    """The local folder of a published revision (default: the head)."""
-    repo_dir = local_repo_dir(cfg.local_hub, "dataset", cfg.dataset_name)
-    return (repo_dir / "revisions" / revision) if revision else (repo_dir / "main").resolve()
+def dataset_lineage(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `codeparrot` block of a published dataset card's YAML: snapshot, export, licenses (empty if none)."""
+    card = Path(folder) / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    if not text.startswith("---"):
+        return {}
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return {}
+    block = meta.get("codeparrot")
+    return dict(block) if isinstance(block, dict) else {}
 
 
 @click.command("publish")
 @click.argument("in_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--hub-repo", default=None, help="owner/name of a Hub dataset repo (needs HF_TOKEN, HF_HUB_OFFLINE=0).")
-@click.option("--dataset-name", default=None, help="owner/name for the local stand-in (default codeparrot/codeparrot-clean).")
+@click.option("--dataset-name", default=None, help="owner/name of the dataset repo (default codeparrot/codeparrot-clean).")
 @click.option("--valid-fraction", type=float, default=None, help="Share of repositories in validation.")
 @click.option("--seed", type=int, default=None, help="Salt of the split hash.")
-@click.option("--local-hub", type=click.Path(path_type=Path), default=None, help="Folder standing in for the Hub.")
 def publish_command(in_dir: Path, **options: Any) -> None:
     """Split IN_DIR (curated shards) into train/valid Parquet with a dataset card and publish it."""
     try:
         cfg = PublishConfig(**{k: v for k, v in options.items() if v is not None})
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    result = publish(in_dir, cfg)
-    click.echo(f"{'unchanged' if result.skipped else 'published'} {result.repo}@{result.revision}: {result.url}")
+    from codeparrot.services import ensure_storage
+
+    with ensure_storage(hub=True) as resolver:
+        result = publish(in_dir, cfg, hub=resolver.hub)
+    click.echo(f"{'unchanged' if result.skipped else 'published'} {result.uri} ({result.url})")
     for s, st in result.splits.items():
         click.echo(f"  {s:5}: {st.files} files, {st.bytes / 2**20:.1f} MiB, {st.repos} repositories, {st.shards} shards")

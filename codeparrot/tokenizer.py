@@ -33,10 +33,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from codeparrot.artifacts import local_identity
 from codeparrot.config import StageConfig
-from codeparrot.dataset import count_rows, dataset_revision, iter_text_batches, split_files
+from codeparrot.dataset import count_rows, iter_text_batches, split_files
 from codeparrot.env import home
 from codeparrot.errors import ConfigError
+from codeparrot.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +77,18 @@ class TokenizerConfig(StageConfig):
 
 
 class TokenizerResult(BaseModel):
+    """A trained tokenizer: its local folder, the dataset it was trained on, its report, where it was pushed."""
+
     path: str
-    dataset_revision: str
+    dataset: str  # the exact dataset reference (hf://datasets/...@REV, or a local folder)
+    dataset_identity: str
     chars_per_token: float
     baseline_chars_per_token: float
     keywords_single_token: bool
     round_trip_ok: bool
     reused: bool = False
+    uri: str | None = None  # hf://OWNER/NAME@REV once pushed
+    new: bool = False  # the push made a revision the Hub target did not have
 
     def identity(self) -> str:
         return self.tokenizer_hash()
@@ -276,9 +283,9 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 # -- the stage -----------------------------------------------------------------------------------------
-def default_output(data: Path, cfg: TokenizerConfig) -> Path:
-    """Derived from the dataset revision and the config, so a rerun with both unchanged is a no-op."""
-    return home() / "tokenizers" / f"{dataset_revision(data)}-{cfg.fingerprint(TOKENIZER_VERSION)[:10]}"
+def default_output(dataset_identity: str, cfg: TokenizerConfig) -> Path:
+    """Derived from the dataset's identity and the config, so a rerun with both unchanged is a no-op."""
+    return home() / "tokenizers" / f"{dataset_identity}-{cfg.fingerprint(TOKENIZER_VERSION)[:10]}"
 
 
 def load_result(out: Path) -> TokenizerResult | None:
@@ -288,11 +295,24 @@ def load_result(out: Path) -> TokenizerResult | None:
         return None
 
 
-def train_tokenizer(data: str | os.PathLike[str], out: str | os.PathLike[str], cfg: TokenizerConfig, *, progress: bool = True) -> TokenizerResult:
-    """Train, evaluate and save into `out` atomically (a completed `out` is reused)."""
+def train_tokenizer(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    cfg: TokenizerConfig,
+    *,
+    dataset: str | None = None,
+    dataset_identity: str | None = None,
+    progress: bool = True,
+) -> TokenizerResult:
+    """Train, evaluate and save into `out` atomically (a completed `out` of the same dataset is reused).
+
+    `data` is the dataset's local folder; `dataset` and `dataset_identity` name what it is a copy of
+    (default: the folder itself and its content hash).
+    """
     data_path, out_path = Path(data), Path(out)
+    identity = dataset_identity or local_identity(data_path)
     done = load_result(out_path)
-    if done is not None and done.dataset_revision == dataset_revision(data_path):
+    if done is not None and done.dataset_identity == identity:
         log.info("tokenizer in %s is complete already; reusing it", out_path)
         return done
     if out_path.exists() and any(out_path.iterdir()):
@@ -300,14 +320,14 @@ def train_tokenizer(data: str | os.PathLike[str], out: str | os.PathLike[str], c
     split_files(data_path, "valid")  # fail early with a clear message if the dataset is incomplete
     t0 = time.monotonic()
     batches, n = training_batches(data_path, cfg, progress=progress)
-    log.info("training a %d-token BPE on %d files of %s", cfg.vocab_size, n, data_path)
+    log.info("training a %d-token BPE on %d files of %s", cfg.vocab_size, n, dataset or data_path)
     tok = train_bpe(batches, cfg.vocab_size, min_frequency=cfg.min_frequency, length=n, model_max_length=cfg.model_max_length)
     train_s = time.monotonic() - t0
     base_batches, _ = training_batches(data_path, cfg, progress=False)
     baseline = train_bpe(base_batches, cfg.baseline_vocab_size, min_frequency=cfg.min_frequency).backend_tokenizer
     report = evaluate(tok, baseline, data_path)
-    report.update(train_seconds=round(train_s, 2), train_files=n, dataset_revision=dataset_revision(data_path),
-                  config=cfg.model_dump(mode="json"))  # fmt: skip
+    report.update(train_seconds=round(train_s, 2), train_files=n, dataset=dataset or str(data_path),
+                  dataset_identity=identity, config=cfg.model_dump(mode="json"))  # fmt: skip
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
@@ -317,7 +337,8 @@ def train_tokenizer(data: str | os.PathLike[str], out: str | os.PathLike[str], c
         (stage / "eval.md").write_text(report_markdown(report))
         result = TokenizerResult(
             path=str(out_path),
-            dataset_revision=report["dataset_revision"],
+            dataset=report["dataset"],
+            dataset_identity=identity,
             chars_per_token=report["chars_per_token"],
             baseline_chars_per_token=report["baseline_chars_per_token"],
             keywords_single_token=report["hard_keywords_single_token"],
@@ -331,41 +352,40 @@ def train_tokenizer(data: str | os.PathLike[str], out: str | os.PathLike[str], c
     return result
 
 
-def push_tokenizer(result: TokenizerResult, cfg: TokenizerConfig, *, hub_repo: str | None, token: str | None, local_hub: Path | None = None) -> Any:
-    """Copy the tokenizer folder to the Hub target (local stand-in unless a Hub repo is given)."""
-    from codeparrot.hub import push_hub, push_local
-
-    src = Path(result.path)
-    if hub_repo:
-        return push_hub(src, hub_repo, "model", token=token)
-    root = local_hub or home() / "hub"
-    staging = root / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=staging) as tmp:
+def push_tokenizer(result: TokenizerResult, cfg: TokenizerConfig, hub: Hub, *, staging: Path | None = None) -> TokenizerResult:
+    """Publish the tokenizer folder (without its completion marker) as repo `cfg.name`; the result with its URI."""
+    root = staging or home() / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix="tokenizer-") as tmp:
         copy = Path(tmp) / "tok"
-        shutil.copytree(src, copy, ignore=shutil.ignore_patterns(MARKER))
-        return push_local(copy, root, "model", cfg.name)
+        shutil.copytree(result.path, copy, ignore=shutil.ignore_patterns(MARKER))
+        pushed = hub.push(copy, "model", cfg.name)
+    log.info("tokenizer published: %s%s", pushed.uri, " (unchanged)" if pushed.skipped else "")
+    return result.model_copy(update={"uri": pushed.uri, "new": not pushed.skipped})
 
 
 @click.command("tokenizer")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), required=False)
 @click.option("--vocab-size", type=int, default=32768, show_default=True)
 @click.option("--max-files", type=int, default=None, help="Train on a seeded sample of N files.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--baseline-vocab-size", type=int, default=8192, show_default=True)
-@click.option("--push/--no-push", default=False, help="Push to the Hub target (local stand-in unless --hub-repo).")
-@click.option("--hub-repo", default=None, help="owner/name of a Hub model repo (needs HF_TOKEN, HF_HUB_OFFLINE=0).")
-def tokenizer_command(data: Path, out: Path | None, push: bool, hub_repo: str | None, **options: Any) -> None:
-    """Train a byte-level BPE on DATA (a published dataset folder) into OUT, and evaluate it."""
+@click.option("--name", default=None, help="owner/name of the tokenizer repo when pushed (default codeparrot/codeparrot-tokenizer).")
+@click.option("--push/--no-push", default=False, help="Publish to the Hub target (the stand-in unless the Hub is configured).")
+def tokenizer_command(data: str, out: Path | None, push: bool, **options: Any) -> None:
+    """Train a byte-level BPE on DATA (hf://datasets/OWNER/NAME[@REV] or a published dataset folder) into OUT."""
+    from codeparrot.services import ensure_storage
+
     try:
-        cfg = TokenizerConfig(**options)
+        cfg = TokenizerConfig(**{k: v for k, v in options.items() if v is not None})
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    out = out or default_output(data, cfg)
-    result = train_tokenizer(data, out, cfg)
-    click.echo((out / "eval.md").read_text())
-    click.echo(f"{'reused' if result.reused else 'saved'} tokenizer: {out}")
-    if push:
-        pushed = push_tokenizer(result, cfg, hub_repo=hub_repo, token=os.environ.get("HF_TOKEN"))
-        click.echo(f"pushed: {pushed.url}")
+    with ensure_storage(data, hub=push) as resolver:
+        dataset = resolver.resolve(data)
+        out = out or default_output(dataset.identity, cfg)
+        result = train_tokenizer(dataset.path, out, cfg, dataset=str(dataset.ref), dataset_identity=dataset.identity)
+        click.echo((out / "eval.md").read_text())
+        click.echo(f"{'reused' if result.reused else 'saved'} tokenizer: {out}")
+        if push:
+            click.echo(f"published: {push_tokenizer(result, cfg, resolver.hub).uri}")

@@ -8,10 +8,21 @@ import datasets
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
-from codeparrot.errors import ConfigError, DataError, PermanentServiceError, ServiceError
-from codeparrot.hub import folder_hash
-from codeparrot.publish import PublishConfig, publish, published_path, split_of
+from codeparrot.artifacts import Resolver
+from codeparrot.errors import DataError, PermanentServiceError, ServiceError
+from codeparrot.hub import HubAPI, StandIn, folder_hash
+from codeparrot.publish import PublishConfig, dataset_lineage, publish, split_of
 from codeparrot.shards import write_shards
+from codeparrot.storage import LocalStore
+
+
+def stand_in(tmp_path: Path) -> StandIn:
+    return StandIn(LocalStore(tmp_path / "hub"))
+
+
+def local_copy(tmp_path: Path, uri: str) -> Path:
+    """The published revision as a local folder, resolved the way every later stage reads it."""
+    return Resolver(stand_in(tmp_path), tmp_path / "cache").resolve(uri).path
 
 
 def records(n_repos: int = 40, per_repo: int = 5, tag: str = "") -> list[dict]:
@@ -39,11 +50,13 @@ def test_split_keeps_each_repository_on_one_side_and_is_seeded():
 
 def test_published_folder_loads_with_datasets_and_documents_itself(tmp_path):
     recs = records()
-    cfg = PublishConfig(valid_fraction=0.2, local_hub=tmp_path / "hub", row_group_rows=16)
-    prov = {"snapshot_id": "s123", "sql": "SELECT 1", "counts": [{"stage": "curate", "in": 250, "kept": 200, "dropped": 50}],
-            "dropped": {"exact-dup": 30, "near-dup": 20}, "curation": {"threshold": 0.85}}
-    result = publish(curated_dir(tmp_path, recs), cfg, provenance=prov)
-    folder = Path(result.path)
+    cfg = PublishConfig(valid_fraction=0.2, row_group_rows=16)
+    prov = {"snapshot_id": "s123", "export_uri": "gs://b/e/", "sql": "SELECT 1",
+            "counts": [{"stage": "curate", "in": 250, "kept": 200, "dropped": 50}],
+            "dropped": {"exact-dup": 30, "near-dup": 20}, "curation": {"threshold": 0.85}}  # fmt: skip
+    result = publish(curated_dir(tmp_path, recs), cfg, hub=stand_in(tmp_path), provenance=prov)
+    assert result.uri == f"hf://datasets/codeparrot/codeparrot-clean@{result.revision}"
+    folder = local_copy(tmp_path, result.uri)
     ds = datasets.load_dataset(str(folder))
     assert set(ds) == {"train", "valid"}
     assert ds["train"].num_rows + ds["valid"].num_rows == len(recs)
@@ -57,32 +70,36 @@ def test_published_folder_loads_with_datasets_and_documents_itself(tmp_path):
         assert needle in card
     assert sorted(p.name for p in (folder / "data").iterdir()) == ["train-00000-of-00001.parquet", "valid-00000-of-00001.parquet"]
     assert result.revision == folder_hash(folder)[:12]
+    assert result.card == card
+    # The lineage later stages copy into the model card, machine-readable in the card's YAML.
+    assert dataset_lineage(folder) == {"snapshot_id": "s123", "export_uri": "gs://b/e/", "licenses": ["apache-2.0", "mit"]}
 
 
 def test_shards_rotate_by_size_and_are_numbered_of_total(tmp_path):
-    cfg = PublishConfig(valid_fraction=0.2, local_hub=tmp_path / "hub", max_shard_mib=0.002, row_group_rows=4)
-    result = publish(curated_dir(tmp_path, records()), cfg)
-    names = sorted(p.name for p in (Path(result.path) / "data").glob("train-*"))
+    cfg = PublishConfig(valid_fraction=0.2, max_shard_mib=0.002, row_group_rows=4)
+    result = publish(curated_dir(tmp_path, records()), cfg, hub=stand_in(tmp_path))
+    folder = local_copy(tmp_path, result.uri)
+    names = sorted(p.name for p in (folder / "data").glob("train-*"))
     n = len(names)
     assert n > 1 and names == [f"train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-    assert datasets.load_dataset(result.path)["train"].num_rows == result.splits["train"].files
+    assert datasets.load_dataset(str(folder))["train"].num_rows == result.splits["train"].files
 
 
 def test_republishing_the_same_content_is_skipped_and_a_change_is_a_new_revision(tmp_path):
-    cfg = PublishConfig(local_hub=tmp_path / "hub", valid_fraction=0.2)
-    first = publish(curated_dir(tmp_path, records(), "a"), cfg)
-    again = publish(curated_dir(tmp_path, records(), "b"), cfg)
+    cfg, hub = PublishConfig(valid_fraction=0.2), stand_in(tmp_path)
+    first = publish(curated_dir(tmp_path, records(), "a"), cfg, hub=hub)
+    again = publish(curated_dir(tmp_path, records(), "b"), cfg, hub=hub)
     assert again.skipped and again.revision == first.revision
-    changed = publish(curated_dir(tmp_path, records(tag="v2"), "c"), cfg)
+    changed = publish(curated_dir(tmp_path, records(tag="v2"), "c"), cfg, hub=hub)
     assert not changed.skipped and changed.revision != first.revision
-    assert published_path(cfg) == Path(changed.path).resolve()
-    assert Path(first.path).exists()  # earlier revisions stay readable
-    log = [json.loads(x) for x in (tmp_path / "hub/datasets/codeparrot/codeparrot-clean/revisions.jsonl").read_text().splitlines()]
-    assert [e["revision"] for e in log] == [first.revision, changed.revision]
+    assert hub.head("dataset", cfg.dataset_name) == changed.revision
+    assert local_copy(tmp_path, first.uri).is_dir()  # earlier revisions stay readable
+    head = json.loads((tmp_path / "hub/datasets/codeparrot/codeparrot-clean/refs/main").read_text())
+    assert [head["revision"], *(e["revision"] for e in head["history"])] == [changed.revision, first.revision]
 
 
 def _publish_in_process(in_dir: str, hub: str, queue) -> None:
-    result = publish(in_dir, PublishConfig(local_hub=Path(hub), valid_fraction=0.2))
+    result = publish(in_dir, PublishConfig(valid_fraction=0.2), hub=StandIn(LocalStore(hub)), staging=Path(hub).parent / "staging")
     queue.put(result.revision)
 
 
@@ -103,9 +120,9 @@ def test_concurrent_publishers_do_not_corrupt_each_other(tmp_path):
     assert len(revisions) == 2
     for rev in revisions:
         assert folder_hash(repo / "revisions" / rev)[:12] == rev  # each revision complete and intact
-    assert (repo / "main").resolve().name in revisions
-    assert len((repo / "revisions.jsonl").read_text().splitlines()) == 2
-    assert not list((tmp_path / "hub" / ".staging").iterdir())
+    head = json.loads((repo / "refs" / "main").read_text())
+    assert head["revision"] in revisions and [e["revision"] for e in head["history"]] == sorted(revisions - {head["revision"]})
+    assert not list((tmp_path / "staging").iterdir())
 
 
 class FakeHub:
@@ -131,42 +148,39 @@ class FakeHub:
 
 
 def test_hub_push_is_one_commit_and_skipped_when_the_head_has_the_same_content(tmp_path):
-    cfg = PublishConfig(local_hub=tmp_path / "hub", hub_repo="me/my-data", valid_fraction=0.2)
+    cfg = PublishConfig(dataset_name="me/my-data", valid_fraction=0.2)
     src = curated_dir(tmp_path, records())
     api = FakeHub()
-    result = publish(src, cfg, api=api)
+    result = publish(src, cfg, hub=HubAPI(api))
     assert result.target == "hub" and result.revision == "def456" and not result.skipped
+    assert result.uri == "hf://datasets/me/my-data@def456"
     (create, upload) = api.calls
     assert create[2]["exist_ok"] is True and create[2]["repo_type"] == "dataset"
     assert upload[1] == ["README.md", "data/train-00000-of-00001.parquet", "data/valid-00000-of-00001.parquet"]
     again_api = FakeHub(head_message=upload[2])
-    again = publish(src, cfg, api=again_api)
+    again = publish(src, cfg, hub=HubAPI(again_api))
     assert again.skipped and again.revision == "abc123"
     assert [c[0] for c in again_api.calls] == ["create_repo"]
 
 
 @pytest.mark.parametrize(("status", "error"), [(403, PermanentServiceError), (503, ServiceError)])
 def test_hub_errors_are_classified(tmp_path, status, error):
-    cfg = PublishConfig(local_hub=tmp_path / "hub", hub_repo="me/my-data", valid_fraction=0.2)
+    cfg = PublishConfig(dataset_name="me/my-data", valid_fraction=0.2)
     with pytest.raises(error, match="me/my-data"):
-        publish(curated_dir(tmp_path, records()), cfg, api=FakeHub(fail=status))
+        publish(curated_dir(tmp_path, records()), cfg, hub=HubAPI(FakeHub(fail=status)))
 
 
 def test_a_few_repositories_still_give_a_validation_split(tmp_path):
-    cfg = PublishConfig(local_hub=tmp_path / "hub", valid_fraction=0.01)
-    result = publish(curated_dir(tmp_path, records(n_repos=3)), cfg)
-    ds = datasets.load_dataset(result.path)
+    cfg = PublishConfig(valid_fraction=0.01)
+    result = publish(curated_dir(tmp_path, records(n_repos=3)), cfg, hub=stand_in(tmp_path))
+    ds = datasets.load_dataset(str(local_copy(tmp_path, result.uri)))
     assert len(set(ds["valid"]["repo_name"])) == 1 and len(set(ds["train"]["repo_name"])) == 2
     assert result.splits["valid"].files == 5
 
 
 def test_a_single_repository_cannot_be_split_and_says_so(tmp_path):
     with pytest.raises(DataError, match=r"valid split is empty \(1 repositories"):
-        publish(curated_dir(tmp_path, records(n_repos=1)), PublishConfig(local_hub=tmp_path / "hub", valid_fraction=0.01))
-    assert not list((tmp_path / "hub" / ".staging").iterdir())
-
-
-def test_hub_repo_without_network_permission_says_how_to_fix(tmp_path, monkeypatch):
-    cfg = PublishConfig(local_hub=tmp_path / "hub", hub_repo="me/my-data", valid_fraction=0.2)
-    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE=0"):
-        publish(curated_dir(tmp_path, records()), cfg)
+        publish(curated_dir(tmp_path, records(n_repos=1)), PublishConfig(valid_fraction=0.01), hub=stand_in(tmp_path),
+                staging=tmp_path / "staging")  # fmt: skip
+    assert not list((tmp_path / "staging").iterdir())
+    assert not (tmp_path / "hub").exists(), "nothing reached the Hub target"

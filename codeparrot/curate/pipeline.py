@@ -64,8 +64,8 @@ from codeparrot.curate.minhash import (
     token_sets,
 )
 from codeparrot.errors import ConfigError, DataError
-from codeparrot.hub import locked
 from codeparrot.shards import BadRecord, ShardWriter, list_shards
+from codeparrot.storage import locked
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from codeparrot.env import home
 from codeparrot.errors import ServiceError
+
+if TYPE_CHECKING:
+    from codeparrot.artifacts import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -381,3 +385,21 @@ def ensure_services(root: str | os.PathLike[str] | None = None, *, seed: bool = 
         if seed:
             load_seed(endpoints)
         yield endpoints
+
+
+@contextlib.contextmanager
+def ensure_storage(*uris: str | os.PathLike[str] | None, hub: bool = False, token: str | None = None) -> Iterator[Resolver]:
+    """A Resolver for the configured Hub and Cloud Storage. The embedded services run for the block when
+    something here lives on the (unconfigured) emulator: a gs:// URI among `uris`, or the Hub stand-in
+    when it is on gs:// and `uris` hold an hf:// reference or `hub` says the caller publishes."""
+    from codeparrot.artifacts import Resolver
+    from codeparrot.hub import HubSettings
+
+    settings = HubSettings.from_env(token)
+    texts = [os.fspath(u) for u in uris if u is not None]
+    standin_on_gcs = not settings.use_hub and settings.standin_root.startswith("gs://")
+    on_gcs = any(t.startswith("gs://") for t in texts) or (
+        standin_on_gcs and (hub or any(t.startswith("hf://") for t in texts))
+    )
+    with ensure_services(seed=False) if on_gcs else contextlib.nullcontext():
+        yield Resolver.from_env(token)
