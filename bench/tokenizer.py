@@ -16,7 +16,6 @@ from pathlib import Path
 
 import codeparrot  # noqa: F401 - offline environment
 from codeparrot.dataset import iter_texts
-from codeparrot.publish import PublishConfig, published_path
 from codeparrot.tokenizer import TokenizerConfig, new_bpe, training_batches
 
 
@@ -37,12 +36,16 @@ def train_in_memory(texts: list[str], cfg: TokenizerConfig) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", nargs="?", type=Path, default=None, help="published dataset folder (default: local Hub head)")
+    ap.add_argument("data", nargs="?", default="hf://datasets/codeparrot/codeparrot-clean",
+                    help="published dataset: hf://datasets/OWNER/NAME[@REV] or a folder (default: the head)")
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-files", type=int, default=None)
     args = ap.parse_args()
-    data = args.data or published_path(PublishConfig())
+    from codeparrot.services import ensure_storage
+
+    with ensure_storage(args.data) as resolver:
+        data = resolver.resolve(args.data).path
     cfg = TokenizerConfig(vocab_size=args.vocab_size, max_files=args.max_files)
     if cfg.max_files:
         texts = [t for batch in training_batches(data, cfg, progress=False)[0] for t in batch]

@@ -28,7 +28,7 @@ import torch
 
 from codeparrot.dataset import iter_texts
 from codeparrot.train.config import TrainConfig
-from codeparrot.train.data import load_tokenizer, pretokenize
+from codeparrot.train.data import load_tokenizer, prepare_tokens
 from codeparrot.train.loop import train
 from codeparrot.train.presets import build_model, count_parameters, flops_per_token, peak_flops
 from codeparrot.train.sample import train_sample_tokenizer, write_sample_dataset
@@ -38,7 +38,7 @@ log = logging.getLogger("bench")
 
 def ours(config: TrainConfig, data: Path, tok: Path, out: Path) -> dict[str, float]:
     """tokens/s of the real training loop from its own metrics: over all steps, and steady state."""
-    train(config, data, tok, out)
+    train(config, tok, out, data=data)
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     intervals = [e for e in events if e["event"] == "train"]
     per_log = config.log_every * config.tokens_per_step()
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "token_cache": str(tmp / "tokens"),
         }
         t0 = time.perf_counter()
-        pretokenize(data, tok, tmp / "tokens")
+        prepare_tokens(data, tok, tmp / "tokens")
         pretok_s = time.perf_counter() - t0
         config = TrainConfig(**common)
         # Alternate the loops and keep each one's best run: the machine may be shared, and load that

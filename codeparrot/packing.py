@@ -19,18 +19,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_token_file(
+def write_tokens(
     batches: Iterable[list[list[int]]],
     path: str | os.PathLike[str],
     *,
     eos_id: int,
     vocab_size: int,
 ) -> int:
-    """Append each tokenized file plus EOS to `path` atomically; returns the token count.
-
-    A sidecar `path.json` records dtype and count, written after the data is renamed into place, so a
-    token file without its sidecar is incomplete and is rebuilt.
-    """
+    """Write each tokenized file plus EOS to `path` atomically (temp name, fsync, rename); the token count."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(vocab_size)
@@ -51,9 +47,22 @@ def write_token_file(
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"dtype": dtype.name, "tokens": count, "eos_id": eos_id, "vocab_size": vocab_size}
-    sidecar = target.with_name(target.name + ".json")
-    sidecar.write_text(json.dumps(meta))
+    return count
+
+
+def write_token_file(
+    batches: Iterable[list[list[int]]],
+    path: str | os.PathLike[str],
+    *,
+    eos_id: int,
+    vocab_size: int,
+) -> int:
+    """`write_tokens`, then a sidecar `path.json` with dtype and count, written after the data is in place,
+    so a token file without its sidecar is incomplete and is rebuilt."""
+    target = Path(path)
+    count = write_tokens(batches, target, eos_id=eos_id, vocab_size=vocab_size)
+    meta = {"dtype": token_dtype(vocab_size).name, "tokens": count, "eos_id": eos_id, "vocab_size": vocab_size}
+    target.with_name(target.name + ".json").write_text(json.dumps(meta))
     return count
 
 

@@ -27,6 +27,7 @@ from codeparrot.dataset import content_hash, iter_text_batches
 from codeparrot.env import home
 from codeparrot.errors import DataError
 from codeparrot.evaluate.model import context_length, load_model, model_identity
+from codeparrot.tokens import MANIFEST, open_token_set
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -130,7 +131,16 @@ def run_perplexity(
 ) -> PerplexityResult:
     """Load the model, pack the valid split with its tokenizer, and measure loss and perplexity."""
     model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
-    tokens = valid_tokens(tokenizer, data_dir, tokenizer_id=tokenizer_identity(tokenizer, model_dir), cache_dir=cache_dir)
+    if (Path(data_dir) / MANIFEST).is_file():  # a token set: its valid split, tokenized as training saw it
+        manifest, splits = open_token_set(data_dir)
+        if manifest.vocab_size != len(tokenizer):
+            raise DataError(
+                f"token set {data_dir} was built with a {manifest.vocab_size}-token vocabulary, the model's "
+                f"tokenizer has {len(tokenizer)}: evaluate on the dataset instead, or on the model's own token set"
+            )
+        tokens = splits[SPLIT]
+    else:
+        tokens = valid_tokens(tokenizer, data_dir, tokenizer_id=tokenizer_identity(tokenizer, model_dir), cache_dir=cache_dir)
     result = evaluate_loss(model, tokens, seq_length=context_length(model), batch_size=batch_size, max_blocks=max_blocks)
     log.info("loss %.4f, perplexity %.2f over %d blocks", result.loss, result.perplexity, result.blocks)
     return result

@@ -34,9 +34,6 @@ _FIELDS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "preemption_url": "preemption_url",
     "preemption_poll_seconds": "preemption_poll_seconds",
-    "push_to": "push_to",
-    "push_hub": "push_hub",
-    "local_hub": "local_hub",
 }
 
 
@@ -70,8 +67,9 @@ def _parse_value(text: str) -> Any:
 
 
 @click.command("train")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Published dataset folder.")
-@click.option("--tokenizer", required=True, type=click.Path(exists=True, file_okay=False), help="Tokenizer folder.")
+@click.option("--data", help="Dataset: hf://datasets/OWNER/NAME[@REV] or a published folder (unless --tokens).")
+@click.option("--tokenizer", required=True, help="Tokenizer: hf://OWNER/NAME[@REV] or a folder.")
+@click.option("--tokens", help="Token set built by pretokenize: gs://BUCKET/PREFIX or a folder (default: built from --data).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Run folder: metrics, final model.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TrainConfig as JSON; options below override it.")
 @click.option("--preset", type=click.Choice(["tiny", "small", "large"]), help="Model shape (default tiny).")
@@ -91,24 +89,24 @@ def _parse_value(text: str) -> Any:
 @click.option("--eval-sequences", type=int, help="Validation sequences per evaluation.")
 @click.option("--log-every", type=int, help="Train metrics every N steps.")
 @click.option("--checkpoint-dir", help="Checkpoint folder or gs://bucket/prefix (default OUTPUT/checkpoints).")
-@click.option("--token-cache", type=click.Path(file_okay=False), help="Pre-tokenized data cache folder.")
+@click.option("--token-cache", help="Where the token set is built without --tokens (folder or gs://; default CODEPARROT_HOME/tokens).")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), help="Autocast dtype.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Recompute activations.")
 @click.option("--preemption-url", help="Poll this metadata URL; TRUE stops the run like SIGTERM.")
 @click.option("--preemption-poll-seconds", type=float, help="Seconds between preemption polls.")
-@click.option("--push-to", metavar="OWNER/NAME", help="Push the final model to this model repo.")
-@click.option("--push-hub/--push-local", default=None, help="Push to the Hugging Face Hub, or the local stand-in (default).")
-@click.option("--local-hub", type=click.Path(file_okay=False), help="Local Hub stand-in root (default CODEPARROT_HOME/hub).")
 def train(
-    data: str, tokenizer: str, output: str, config_file: str | None, model_overrides: tuple[str, ...], **options: Any
-) -> None:
+    data: str | None, tokenizer: str, tokens: str | None, output: str, config_file: str | None,
+    model_overrides: tuple[str, ...], **options: Any,
+) -> None:  # fmt: skip
     """Train a GPT-2 on a published dataset; rerunning the same command resumes from its last checkpoint.
 
     SIGTERM or SIGINT finishes the current step, writes a checkpoint and exits with code 143.
     """
     config = build_config(config_file, model_overrides, options)
+    from codeparrot.services import ensure_storage
     from codeparrot.train.loop import train as run
 
-    result = run(config, data, tokenizer, output)
+    with ensure_storage(data, tokenizer, tokens, config.checkpoint_dir, config.token_cache) as resolver:
+        result = run(config, tokenizer, output, data=data, tokens=tokens, resolver=resolver)
     click.echo(str(result.final))

@@ -7,7 +7,6 @@ a preemption and its resume.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,7 +28,6 @@ PRESET_SHAPES: dict[str, dict[str, int]] = {
 
 PRESET_LR: dict[str, float] = {"tiny": 4e-3, "small": 5e-4, "large": 2e-4}
 
-_REPO_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 GCE_PREEMPTED_URL = "http://metadata.google.internal/computeMetadata/v1/instance/preempted"
 
 
@@ -70,9 +68,6 @@ class TrainConfig(StageConfig):
             "token_cache",
             "preemption_url",
             "preemption_poll_seconds",
-            "push_to",
-            "push_hub",
-            "local_hub",
         }
     )
 
@@ -121,19 +116,13 @@ class TrainConfig(StageConfig):
         None, description="Local folder or gs://bucket/prefix for checkpoints; default OUTPUT/checkpoints."
     )
     token_cache: str | None = Field(
-        None, description="Folder of pre-tokenized splits; default CODEPARROT_HOME/tokens."
+        None,
+        description="Where a token set is built when none is given (folder or gs://); default CODEPARROT_HOME/tokens.",
     )
     preemption_url: str | None = Field(
         None, description=f"Poll this URL for TRUE as a preemption notice (GCE: {GCE_PREEMPTED_URL})."
     )
     preemption_poll_seconds: float = Field(5.0, gt=0.0, description="Seconds between preemption polls.")
-    push_to: str | None = Field(
-        None, description="owner/name of a model repo to push the final model to; empty: no push."
-    )
-    push_hub: bool = Field(
-        False, description="Push to the Hugging Face Hub (needs HF_TOKEN, HF_HUB_OFFLINE=0), not the local stand-in."
-    )
-    local_hub: str | None = Field(None, description="Root of the local Hub stand-in; default CODEPARROT_HOME/hub.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -155,8 +144,6 @@ class TrainConfig(StageConfig):
                 f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}: "
                 "shorten the warmup or train longer"
             )
-        if self.push_to is not None and not _REPO_RE.match(self.push_to):
-            raise ValueError(f"push_to {self.push_to!r} must look like 'owner/name' (letters, digits, '-', '_', '.')")
         if self.preemption_url is not None and not self.preemption_url.startswith(("http://", "https://")):
             raise ValueError(f"preemption_url {self.preemption_url!r} must be an http(s) URL, e.g. {GCE_PREEMPTED_URL}")
         return self

@@ -1,4 +1,8 @@
-"""Training data: splits tokenized once into flat token files, served as packed blocks in a seeded order.
+"""Training data: a token set (pre-tokenized shards) served as packed blocks in a seeded order.
+
+The trainer takes references: a tokenizer, and a token set (`codeparrot.tokens`) or the dataset to build
+one from. `pin_inputs` fixes the exact revisions before any heavy work (they enter the run's identity);
+`fetch_tokens` makes the token set exist (built where none is committed yet) and gives a local copy.
 
 Unlike CodeParrot's ConstantLengthDataset (tokenize on the fly, replay every batch on resume), the loader
 here is a pure function of one integer, the number of sequences consumed, so a checkpoint stores that
@@ -9,94 +13,121 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from codeparrot.dataset import count_rows, dataset_revision, iter_text_batches
-from codeparrot.env import home
-from codeparrot.errors import DataError
-from codeparrot.packing import block, num_blocks, open_token_file, write_token_file
-from codeparrot.train.identity import tokenizer_hash
+from codeparrot.artifacts import Resolver
+from codeparrot.errors import ConfigError, DataError
+from codeparrot.packing import block, num_blocks
+from codeparrot.storage import open_store
+from codeparrot.tokens import TokenSet, build_token_set, read_manifest, token_set_key
 
 log = logging.getLogger(__name__)
+_TRANSFORMERS_IMPORT = threading.Lock()
 
-SPLIT_FILES = {"train": "train.bin", "valid": "valid.bin"}
-
-
-def token_cache_dir(
-    data: str | os.PathLike[str],
-    tokenizer: str | os.PathLike[str],
-    cache_root: str | os.PathLike[str] | None = None,
-) -> Path:
-    """`<cache_root or CODEPARROT_HOME/tokens>/<dataset revision>-<tokenizer hash>`."""
-    root = Path(cache_root) if cache_root is not None else home() / "tokens"
-    return root / f"{dataset_revision(data)}-{tokenizer_hash(tokenizer)}"
+# The files that define a tokenizer's output; tokenizer.json alone holds vocabulary, merges and
+# pre-tokenizer of a fast tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 
 
-def pretokenize(
-    data: str | os.PathLike[str],
-    tokenizer_dir: str | os.PathLike[str],
-    cache_root: str | os.PathLike[str] | None = None,
+@dataclass(frozen=True)
+class Inputs:
+    """What a run trains on, pinned: exact references and the identities its run hash covers."""
+
+    dataset: str
+    dataset_identity: str
+    tokenizer: str
+    tokenizer_identity: str
+    tokens: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("dataset", "dataset_identity", "tokenizer", "tokenizer_identity", "tokens")}
+
+
+def pin_inputs(
+    resolver: Resolver,
     *,
-    tokenizer: Any = None,
-    batch_size: int = 256,
-) -> dict[str, Path]:
-    """Token files of the train and valid splits, built only where missing or incomplete."""
-    folder = token_cache_dir(data, tokenizer_dir, cache_root)
-    paths: dict[str, Path] = {}
-    for split, name in SPLIT_FILES.items():
-        path = folder / name
-        paths[split] = path
-        if open_token_file(path) is not None:
-            log.info("token file %s is cached", path)
-            continue
-        if tokenizer is None:
-            tokenizer = load_tokenizer(tokenizer_dir)
-        rows = count_rows(data, split)
-        log.info("tokenizing %d %s files into %s", rows, split, path)
-        with tqdm(total=rows, desc=f"tokenize {split}", unit="file", disable=None) as bar:
-            count = write_token_file(
-                _encoded_batches(data, split, tokenizer, batch_size, bar),
-                path,
-                eos_id=tokenizer.eos_token_id,
-                vocab_size=len(tokenizer),
+    tokenizer: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    tokens: str | os.PathLike[str] | None = None,
+    token_root: str | os.PathLike[str],
+) -> Inputs:
+    """Exact references of the run's inputs. With `tokens`, its manifest names the dataset; without it the
+    token set is `<token_root>/<dataset identity>-<tokenizer identity>` (built on first use)."""
+    tok_ref = resolver.pin(tokenizer)
+    tok_identity = resolver.identity(tok_ref)
+    if tokens is not None:
+        manifest = read_manifest(open_store(os.fspath(tokens)))
+        if manifest is None:
+            raise DataError(f"{tokens} is not a finished token set (no tokens.json): run pretokenize, or pass --data instead")
+        if manifest.tokenizer_identity != tok_identity:
+            raise ConfigError(
+                f"token set {tokens} was built with tokenizer {manifest.tokenizer}, not {tok_ref}: "
+                "pass the tokenizer it names, or pre-tokenize with this one"
             )
-        log.info("%s: %d tokens", path, count)
-    return paths
+        if data is not None and resolver.identity(data) != manifest.dataset_identity:
+            raise ConfigError(f"token set {tokens} was built from {manifest.dataset}, not {data}: pass matching references")
+        return Inputs(manifest.dataset, manifest.dataset_identity, str(tok_ref), tok_identity, os.fspath(tokens))
+    if data is None:
+        raise ConfigError("training needs a dataset or a token set: pass --data (or --tokens)")
+    data_ref = resolver.pin(data)
+    data_identity = resolver.identity(data_ref)
+    where = open_store(token_root).child(token_set_key(data_identity, tok_identity)).uri
+    return Inputs(str(data_ref), data_identity, str(tok_ref), tok_identity, where)
 
 
-def _encoded_batches(data: str | os.PathLike[str], split: str, tokenizer: Any, batch_size: int, bar: tqdm) -> Iterator[list[list[int]]]:
-    backend = tokenizer.backend_tokenizer
-    for texts in iter_text_batches(data, split, batch_size=batch_size):
-        # The backend tokenizer directly: no special tokens, no "longer than model_max_length" warnings.
-        encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-        bar.update(len(texts))
-        yield [enc.ids for enc in encodings]
+def fetch_tokens(resolver: Resolver, inputs: Inputs, *, workers: int = 1) -> tuple[TokenSet, Path]:
+    """The token set's manifest and a local copy, built first where it is not committed yet."""
+    store = open_store(inputs.tokens)
+    manifest = read_manifest(store)
+    if manifest is None:
+        log.info("no token set at %s yet: pre-tokenizing %s", inputs.tokens, inputs.dataset)
+        dataset = resolver.resolve(inputs.dataset)
+        tokenizer = resolver.resolve(inputs.tokenizer)
+        manifest = build_token_set(dataset, tokenizer, store, workers=workers)
+    local = store.local_path()
+    folder = local if local is not None else resolver.resolve(inputs.tokens).path
+    return manifest, folder
+
+
+def prepare_tokens(
+    data: str | os.PathLike[str], tokenizer: str | os.PathLike[str], token_root: str | os.PathLike[str],
+    resolver: Resolver | None = None,
+) -> Path:  # fmt: skip
+    """The token set training on `data` with `tokenizer` uses (built under `token_root` if missing); its folder."""
+    resolver = resolver or Resolver.from_env()
+    return fetch_tokens(resolver, pin_inputs(resolver, tokenizer=tokenizer, data=data, token_root=token_root))[1]
 
 
 def load_tokenizer(folder: str | os.PathLike[str]) -> Any:
     """The saved fast tokenizer of `folder`, with an error naming the folder when it cannot be read."""
-    from transformers import AutoTokenizer
+    root = Path(folder)
+    if not any((root / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(
+            f"no tokenizer in {root} (expected tokenizer.json): pass a folder written by "
+            "`codeparrot tokenizer` or `save_pretrained`"
+        )
+    # transformers imports its modules lazily, and two threads doing the first import at once can see
+    # it half-done ("cannot import name 'AutoTokenizer'", seen with mapped pre-tokenization tasks).
+    with _TRANSFORMERS_IMPORT:
+        from transformers import AutoTokenizer
 
-    tokenizer_hash(folder)  # raises a clear error for a folder without a tokenizer
-    tok = AutoTokenizer.from_pretrained(str(folder))
+        tok = AutoTokenizer.from_pretrained(str(root))
     if tok.eos_token_id is None:
-        raise DataError(f"tokenizer in {folder} has no eos token: train it with `codeparrot tokenizer`")
+        raise DataError(f"tokenizer in {root} has no eos token: train it with `codeparrot tokenizer`")
     return tok
 
 
-def open_tokens(path: str | os.PathLike[str], seq_length: int) -> np.ndarray:
-    """The memmapped token array of a split, checked to hold at least one block."""
-    tokens = open_token_file(path)
-    if tokens is None:
-        raise DataError(f"token file {path} is missing or incomplete: rerun to rebuild it")
-    if num_blocks(tokens, seq_length) == 0:
+def check_blocks(tokens: Sized, seq_length: int, where: str) -> Any:
+    """`tokens`, checked to hold at least one block of `seq_length`."""
+    if len(tokens) // seq_length == 0:
         raise DataError(
-            f"{path} holds {len(tokens)} tokens, fewer than one sequence of {seq_length}: "
+            f"{where} holds {len(tokens)} tokens, fewer than one sequence of {seq_length}: "
             "use a larger dataset or a shorter seq_length"
         )
     return tokens

@@ -66,8 +66,12 @@ def accelerate_command(train_args: Sequence[str], *, num_processes: int = 1) -> 
     return [*cmd, "-m", "codeparrot.train", *train_args]
 
 
-def train_arguments(config_file: str | os.PathLike[str], data: str, tokenizer: str, output: str) -> list[str]:
-    return ["--config", str(config_file), "--data", str(data), "--tokenizer", str(tokenizer), "--output", str(output)]
+def train_arguments(
+    config_file: str | os.PathLike[str], tokenizer: str, output: str, *, data: str | None = None, tokens: str | None = None
+) -> list[str]:
+    args = ["--config", str(config_file), "--tokenizer", str(tokenizer), "--output", str(output)]
+    args += ["--data", str(data)] if data is not None else []
+    return args + (["--tokens", str(tokens)] if tokens is not None else [])
 
 
 @dataclass

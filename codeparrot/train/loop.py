@@ -25,13 +25,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from codeparrot.artifacts import Resolver
 from codeparrot.env import home
 from codeparrot.errors import ConfigError
+from codeparrot.model_card import SUMMARY_FILE
+from codeparrot.tokens import open_token_set
 from codeparrot.train import checkpoint as ckpt
 from codeparrot.train.config import TrainConfig
-from codeparrot.train.data import PackedLoader, load_tokenizer, open_tokens, pretokenize, validation_batches
+from codeparrot.train.data import (
+    Inputs,
+    PackedLoader,
+    check_blocks,
+    fetch_tokens,
+    load_tokenizer,
+    pin_inputs,
+    validation_batches,
+)
 from codeparrot.train.errors import Preempted
-from codeparrot.train.identity import run_hash, tokenizer_hash
+from codeparrot.train.identity import run_hash
 from codeparrot.train.presets import build_model, count_parameters, flops_per_token, peak_flops
 
 log = logging.getLogger(__name__)
@@ -51,17 +62,23 @@ class TrainResult:
 
 def train(
     config: TrainConfig,
-    data: str | os.PathLike[str],
-    tokenizer_dir: str | os.PathLike[str],
+    tokenizer: str | os.PathLike[str],
     output: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | None = None,
+    tokens: str | os.PathLike[str] | None = None,
+    resolver: Resolver | None = None,
 ) -> TrainResult:
-    """Train (or resume, or find finished) the run of `config` on a published dataset and tokenizer."""
+    """Train (or resume, or find finished) the run of `config`: a tokenizer and a token set (or the dataset
+    to build one from), each a reference (`hf://...@REV`, `gs://...`, or a local path)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out = Path(output)
-    run_id = run_hash(config, data, tokenizer_dir)
-    inputs = {"dataset": str(data), "tokenizer_hash": tokenizer_hash(tokenizer_dir)}
+    resolver = resolver or Resolver.from_env()
+    token_root = config.token_cache or home() / "tokens"
+    inputs = pin_inputs(resolver, tokenizer=tokenizer, data=data, tokens=tokens, token_root=token_root)
+    run_id = run_hash(config, inputs.dataset_identity, inputs.tokenizer_identity)
     final_dir = out / FINAL_DIR
     done = _finished(final_dir, run_id)
     if done is not None:
@@ -98,13 +115,15 @@ def train(
             resume_dir = store.fetch(resume_step)
         _check_same_run(resume_dir, run_id, config, inputs, store.describe(resume_step), store.uri)
 
-    # --- data: tokenized once per (dataset revision, tokenizer), then memory-mapped
-    tokenizer = load_tokenizer(tokenizer_dir)
+    # --- data: references fetched once per machine (the token set built if nobody has yet), memory-mapped
     with accelerator.local_main_process_first():
-        files = pretokenize(data, tokenizer_dir, config.token_cache, tokenizer=tokenizer)
+        tokenizer_dir = resolver.resolve(inputs.tokenizer).path
+        manifest, token_dir = fetch_tokens(resolver, inputs)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    _, splits = open_token_set(token_dir)
     seq_len = config.context_length
-    train_tokens = open_tokens(files["train"], seq_len)
-    valid_tokens = open_tokens(files["valid"], seq_len)
+    train_tokens = check_blocks(splits["train"], seq_len, f"the train split of {inputs.tokens}")
+    valid_tokens = check_blocks(splits["valid"], seq_len, f"the valid split of {inputs.tokens}")
     loader = PackedLoader(train_tokens, seq_len, config.batch_size, seed=config.seed, rank=rank, world_size=world)
 
     # --- model and optimizer; every rank builds identical weights from the seed
@@ -122,9 +141,10 @@ def train(
     if config.compile:
         model = torch.compile(model)
 
-    step, tokens_seen = 0, 0
+    step, tokens_seen, resumed_at = 0, 0, []
     if resume_dir is not None:
-        step, tokens_seen = _load(resume_dir, raw_model, optimizer, scheduler, loader, accelerator, config)
+        step, tokens_seen, resumed_at = _load(resume_dir, raw_model, optimizer, scheduler, loader, accelerator, config)
+        resumed_at = [*resumed_at, step]
         log.info("resumed from %s at step %d", store.describe(resume_step or 0), step)
     else:
         # Different dropout masks per rank (same weights: those were drawn above).
@@ -160,7 +180,8 @@ def train(
 
     def save(step: int) -> None:
         t0 = time.perf_counter()
-        save_checkpoint(store, step, tokens_seen, raw_model, optimizer, scheduler, loader, accelerator, config, run_id, inputs)
+        save_checkpoint(store, step, tokens_seen, raw_model, optimizer, scheduler, loader, accelerator, config, run_id,
+                        inputs, resumed_at)  # fmt: skip
         _emit(metrics, "checkpoint", step=step, uri=store.describe(step), seconds=round(time.perf_counter() - t0, 3))
 
     val_loss: float | None = evaluate_now() if step == 0 else None
@@ -233,9 +254,12 @@ def train(
     # --- the final model: save_pretrained (safetensors) + tokenizer, renamed into place, marker last
     result = TrainResult(final=final_dir, step=step, tokens=tokens_seen, val_loss=val_loss)
     if main:
-        write_final(raw_model, tokenizer, final_dir, result, run_id)
-        if config.push_to:
-            push(final_dir, config)
+        summary = {
+            "dataset": inputs.dataset, "tokenizer": inputs.tokenizer, "token_set": inputs.tokens,
+            "checkpoints": store.uri, "resumed_at": resumed_at, "lineage": manifest.lineage,
+            "config": config.model_dump(mode="json"),
+        }  # fmt: skip
+        write_final(raw_model, tokenizer, final_dir, result, run_id, summary)
         _emit(metrics, "completed", step=step, final=str(final_dir), val_loss=val_loss, tokens=tokens_seen)
         assert metrics is not None
         metrics.close()
@@ -327,7 +351,8 @@ def save_checkpoint(
     accelerator: Any,
     config: TrainConfig,
     run_id: str,
-    inputs: dict[str, str],
+    inputs: Inputs,
+    resumed_at: list[int],
 ) -> None:
     """Every rank writes its RNG; rank 0 the model, optimizer and train state; then rank 0 commits."""
     folder = store.staging(step)
@@ -345,7 +370,8 @@ def save_checkpoint(
             "scaler": scaler,
             "config_hash": run_id,
             "config": config.fingerprint_fields(),
-            "inputs": inputs,
+            "inputs": inputs.as_dict(),
+            "resumed_at": resumed_at,
             "world_size": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
         }
@@ -363,16 +389,15 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def _check_same_run(
-    folder: Path, run_id: str, config: TrainConfig, inputs: dict[str, str], where: str, root: str
-) -> None:
+def _check_same_run(folder: Path, run_id: str, config: TrainConfig, inputs: Inputs, where: str, root: str) -> None:
     state = json.loads((folder / ckpt.STATE_FILE).read_text())
     if state["config_hash"] == run_id:
         return
     old, new = state.get("config", {}), config.fingerprint_fields()
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    changed += [k for k, v in inputs.items() if state.get("inputs", {}).get(k) != v and k != "dataset"]
-    what = ", ".join(changed) or "dataset revision"
+    before = state.get("inputs", {})
+    changed += [k.removesuffix("_identity") for k in ("dataset_identity", "tokenizer_identity") if before.get(k) != getattr(inputs, k)]
+    what = ", ".join(changed) or "dataset or tokenizer"
     raise ConfigError(
         f"{where} belongs to a different run (changed: {what}); resume it with the original settings, "
         f"or start fresh with another --output folder (or delete {root})"
@@ -387,8 +412,10 @@ def _load(
     loader: PackedLoader,
     accelerator: Any,
     config: TrainConfig,
-) -> tuple[int, int]:
-    """Restore everything a checkpoint holds; the RNG last, after nothing else may draw from it."""
+) -> tuple[int, int, list[int]]:
+    """Restore everything a checkpoint holds; the RNG last, after nothing else may draw from it.
+
+    Returns the step, the tokens seen and the steps at which the run resumed before."""
     state = json.loads((folder / ckpt.STATE_FILE).read_text())
     raw_model.load_state_dict(torch.load(folder / ckpt.MODEL_FILE, map_location="cpu", weights_only=True))
     optimizer.load_state_dict(torch.load(folder / ckpt.OPTIMIZER_FILE, map_location="cpu", weights_only=True))
@@ -408,20 +435,22 @@ def _load(
         from accelerate.utils import set_seed
 
         set_seed(config.seed + accelerator.process_index + state["step"])
-    return int(state["step"]), int(state["tokens_seen"])
+    return int(state["step"]), int(state["tokens_seen"]), [int(s) for s in state.get("resumed_at", [])]
 
 
 # ---------------------------------------------------------------------------- final model
 
 
-def write_final(raw_model: Any, tokenizer: Any, final_dir: Path, result: TrainResult, run_id: str) -> None:
+def write_final(
+    raw_model: Any, tokenizer: Any, final_dir: Path, result: TrainResult, run_id: str, summary: dict[str, Any]
+) -> None:
     """save_pretrained model + tokenizer into `final.tmp`, rename to `final`, then the marker."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     raw_model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    summary = {"step": result.step, "tokens": result.tokens, "val_loss": result.val_loss, "run_hash": run_id}
-    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    summary = {"step": result.step, "tokens": result.tokens, "val_loss": result.val_loss, "run_hash": run_id, **summary}
+    (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(tmp, final_dir)
     (final_dir / FINAL_MARKER).write_text(run_id)
@@ -437,29 +466,8 @@ def _finished(final_dir: Path, run_id: str) -> TrainResult | None:
             f"{final_dir} holds the final model of a different run (config, dataset or tokenizer changed): "
             f"pass another --output folder or delete {final_dir.parent}"
         )
-    summary = json.loads((final_dir / "train_summary.json").read_text())
+    summary = json.loads((final_dir / SUMMARY_FILE).read_text())
     return TrainResult(final_dir, summary["step"], summary["tokens"], summary["val_loss"])
-
-
-def push(final_dir: Path, config: TrainConfig) -> str:
-    """Push the final model to `config.push_to`: the Hub, or (default) the local Hub stand-in."""
-    from codeparrot.hub import push_hub, push_local
-
-    assert config.push_to is not None
-    if config.push_hub:
-        result = push_hub(final_dir, config.push_to, "model", token=os.environ.get("HF_TOKEN"))
-    else:
-        # push_local moves its folder into the stand-in; the run keeps its own final/.
-        staged = final_dir.with_name(f".push-{os.getpid()}")
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(final_dir, staged, ignore=shutil.ignore_patterns(FINAL_MARKER))
-        root = Path(config.local_hub) if config.local_hub else home() / "hub"
-        try:
-            result = push_local(staged, root, "model", config.push_to)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-    log.info("pushed the final model to %s%s", result.url, " (unchanged)" if result.skipped else "")
-    return result.url
 
 
 # ---------------------------------------------------------------------------- metrics and stop signals

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from codeparrot.train.data import pretokenize
 from codeparrot.train.sample import train_sample_tokenizer, write_sample_dataset
-from tests.train.helpers import Corpus
+from tests.train.helpers import Corpus, prebuild_tokens
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +18,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     data = write_sample_dataset(root / "data", n_files=300)
     tok = train_sample_tokenizer(data, root / "tokenizer", vocab_size=1024)
     cache = root / "tokens"
-    pretokenize(data, tok, cache)
+    prebuild_tokens(data, tok, cache)
     return Corpus(data, tok, cache)
 
 
@@ -28,7 +27,7 @@ def corpus_4k(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Corpu
     """The same dataset with a 4096-token BPE: closer to the 32k vocabulary of the embedded run."""
     root = tmp_path_factory.mktemp("train-corpus-4k")
     tok = train_sample_tokenizer(corpus.data, root / "tokenizer", vocab_size=4096)
-    pretokenize(corpus.data, tok, root / "tokens")
+    prebuild_tokens(corpus.data, tok, root / "tokens")
     return Corpus(corpus.data, tok, root / "tokens")
 
 

@@ -20,6 +20,13 @@ class Corpus:
     token_cache: Path
 
 
+def prebuild_tokens(data: Path, tokenizer: Path, token_cache: Path) -> Path:
+    """The token set `codeparrot train --data D --tokenizer T --token-cache C` uses, built now; its folder."""
+    from codeparrot.train.data import prepare_tokens
+
+    return prepare_tokens(data, tokenizer, token_cache)
+
+
 # The run the resume tests interrupt: tiny model, 64-token context, 40 steps of 8 sequences.
 RUN_DEFAULTS: dict[str, Any] = {
     "preset": "tiny",

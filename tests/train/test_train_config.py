@@ -36,11 +36,6 @@ def test_warmup_must_end_before_the_run() -> None:
         TrainConfig(max_steps=10, warmup_steps=10)
 
 
-def test_push_target_must_be_owner_slash_name() -> None:
-    with pytest.raises(ValidationError, match="must look like 'owner/name'"):
-        TrainConfig(push_to="/some/folder")
-
-
 def test_config_is_frozen_and_strict() -> None:
     config = TrainConfig()
     with pytest.raises(ValidationError):
@@ -53,8 +48,7 @@ def test_volatile_fields_do_not_change_the_resume_hash() -> None:
     base = TrainConfig()
     moved = TrainConfig(
         save_every=7, keep_last=5, log_every=1, eval_every=3, checkpoint_dir="gs://b/x", token_cache="/t",
-        save_every_minutes=1.0, preemption_url="http://127.0.0.1:1/p", push_to="me/model", push_hub=True,
-        local_hub="/h",
+        save_every_minutes=1.0, preemption_url="http://127.0.0.1:1/p",
     )
     assert base.fingerprint() == moved.fingerprint()
 

@@ -5,48 +5,45 @@ import pytest
 
 from codeparrot.dataset import iter_texts
 from codeparrot.errors import DataError
-from codeparrot.packing import open_token_file
-from codeparrot.train.data import (
-    PackedLoader,
-    load_tokenizer,
-    open_tokens,
-    pretokenize,
-    token_cache_dir,
-    validation_batches,
-)
-from codeparrot.train.identity import tokenizer_hash
+from codeparrot.tokens import MANIFEST, open_token_set
+from codeparrot.train.data import PackedLoader, check_blocks, load_tokenizer, validation_batches
+from tests.train.helpers import prebuild_tokens
 
 
-def test_token_files_hold_every_file_followed_by_eos(corpus) -> None:
+def test_token_set_holds_every_file_followed_by_eos(corpus) -> None:
     tok = load_tokenizer(corpus.tokenizer)
-    paths = pretokenize(corpus.data, corpus.tokenizer, corpus.token_cache)
-    valid = open_token_file(paths["valid"])
+    manifest, splits = open_token_set(prebuild_tokens(corpus.data, corpus.tokenizer, corpus.token_cache))
     texts = list(iter_texts(corpus.data, "valid"))
     expected: list[int] = []
     for text in texts:
         expected += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    assert valid is not None
+    valid = splits["valid"][0 : len(splits["valid"])]
     assert valid.tolist() == expected
-    assert int((valid == tok.eos_token_id).sum()) == len(texts)
+    assert int((valid == tok.eos_token_id).sum()) == len(texts) == sum(s.files for s in manifest.split("valid"))
+    assert manifest.tokens("valid") == len(expected) and manifest.vocab_size == len(tok)
 
 
-def test_pretokenize_is_cached_on_dataset_and_tokenizer(corpus, tmp_path) -> None:
-    paths = pretokenize(corpus.data, corpus.tokenizer, corpus.token_cache)
-    stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
-    assert pretokenize(corpus.data, corpus.tokenizer, corpus.token_cache) == paths
-    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == stamps
-    assert paths["train"].parent == token_cache_dir(corpus.data, corpus.tokenizer, corpus.token_cache)
-    assert tokenizer_hash(corpus.tokenizer) in paths["train"].parent.name
+def test_the_token_set_is_built_once_per_dataset_and_tokenizer(corpus) -> None:
+    folder = prebuild_tokens(corpus.data, corpus.tokenizer, corpus.token_cache)
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert prebuild_tokens(corpus.data, corpus.tokenizer, corpus.token_cache) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+    manifest, _ = open_token_set(folder)
+    assert folder.name == f"{manifest.dataset_identity}-{manifest.tokenizer_identity}"
+    assert manifest.dataset == str(corpus.data) and manifest.tokenizer == str(corpus.tokenizer)
 
 
-def test_incomplete_token_file_is_rebuilt(corpus, tmp_path) -> None:
+def test_a_token_set_without_its_manifest_is_rebuilt_and_a_damaged_shard_is_named(corpus, tmp_path) -> None:
     cache = tmp_path / "cache"
-    paths = pretokenize(corpus.data, corpus.tokenizer, cache)
-    good = paths["valid"].read_bytes()
-    paths["valid"].write_bytes(good[: len(good) // 2])  # a crash mid-write leaves a short file
-    assert open_token_file(paths["valid"]) is None
-    pretokenize(corpus.data, corpus.tokenizer, cache)
-    assert paths["valid"].read_bytes() == good
+    folder = prebuild_tokens(corpus.data, corpus.tokenizer, cache)
+    shard = folder / "valid-00000.bin"
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"valid-00000.bin has .* bytes, the manifest says"):
+        open_token_set(folder)
+    (folder / MANIFEST).unlink()  # a crash before the commit: the set does not exist yet
+    assert prebuild_tokens(corpus.data, corpus.tokenizer, cache) == folder
+    assert shard.read_bytes() == good
 
 
 def _tokens(n: int) -> np.ndarray:
@@ -105,12 +102,7 @@ def test_validation_batches_cover_the_first_blocks_across_ranks() -> None:
     assert sorted(seen) == list(range(7))
 
 
-def test_open_tokens_needs_one_full_sequence(tmp_path) -> None:
-    from codeparrot.packing import write_token_file
-
-    path = tmp_path / "t.bin"
-    write_token_file([[[1, 2, 3]]], path, eos_id=0, vocab_size=10)
-    with pytest.raises(DataError, match="shorter seq_length"):
-        open_tokens(path, 64)
-    with pytest.raises(DataError, match="missing or incomplete"):
-        open_tokens(tmp_path / "none.bin", 4)
+def test_training_needs_one_full_sequence() -> None:
+    with pytest.raises(DataError, match="the train split of X holds 3 tokens, fewer than one sequence of 64"):
+        check_blocks(_tokens(3), 64, "the train split of X")
+    assert len(check_blocks(_tokens(64), 64, "X")) == 64

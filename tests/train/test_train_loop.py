@@ -35,8 +35,8 @@ def _events(out: Path) -> list[dict]:
 def finished(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     out = root / "run"
-    config = _config(corpus, push_to="codeparrot/codeparrot-test", local_hub=str(root / "hub"))
-    return config, out, train(config, corpus.data, corpus.tokenizer, out)
+    config = _config(corpus)
+    return config, out, train(config, corpus.tokenizer, out, data=corpus.data)
 
 
 def test_final_model_loads_with_from_pretrained_and_pipeline(finished) -> None:
@@ -53,14 +53,13 @@ def test_final_model_loads_with_from_pretrained_and_pipeline(finished) -> None:
     assert text.startswith("def add(a, b):") and len(text) > len("def add(a, b):")
 
 
-def test_final_model_is_pushed_to_the_local_hub_stand_in(finished) -> None:
-    from codeparrot.hub import local_repo_dir
-
-    config, out, _ = finished
-    repo = local_repo_dir(Path(config.local_hub), "model", "codeparrot/codeparrot-test")
-    pushed = repo / "main" / "model.safetensors"
-    assert pushed.read_bytes() == (out / "final" / "model.safetensors").read_bytes()
-    assert (out / "final" / "COMPLETE").is_file()  # the run keeps its own copy
+def test_final_model_records_what_it_was_trained_on(finished, corpus) -> None:
+    _, out, result = finished
+    summary = json.loads((out / "final" / "train_summary.json").read_text())
+    assert summary["dataset"] == str(corpus.data) and summary["tokenizer"] == str(corpus.tokenizer)
+    assert summary["token_set"].startswith(str(corpus.token_cache)) and summary["resumed_at"] == []
+    assert summary["step"] == 30 and summary["tokens"] == result.tokens and summary["config"]["max_steps"] == 30
+    assert summary["checkpoints"] == str(out / "checkpoints")
 
 
 def test_metrics_checkpoints_and_tensorboard(finished) -> None:
@@ -82,7 +81,7 @@ def test_metrics_checkpoints_and_tensorboard(finished) -> None:
 def test_rerun_of_a_finished_run_is_a_no_op(finished, corpus) -> None:
     config, out, result = finished
     stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
-    again = train(config.model_copy(update={"log_every": 1}), corpus.data, corpus.tokenizer, out)
+    again = train(config.model_copy(update={"log_every": 1}), corpus.tokenizer, data=corpus.data, output=out)
     assert again == result
     assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp
     assert _events(out)[-1] | {"time": 0} == {
@@ -101,9 +100,9 @@ def test_changed_config_refuses_to_resume_and_says_how_to_start_fresh(finished, 
     config, out, _ = finished
     dest = _copy_checkpoints(out, tmp_path / "changed")
     with pytest.raises(ConfigError, match=r"changed: lr\).*another --output folder"):
-        train(config.model_copy(update={"lr": 1e-4}), corpus.data, corpus.tokenizer, dest)
+        train(config.model_copy(update={"lr": 1e-4}), corpus.tokenizer, data=corpus.data, output=dest)
     with pytest.raises(ConfigError, match="final model of a different run"):
-        train(config.model_copy(update={"lr": 1e-4}), corpus.data, corpus.tokenizer, out)
+        train(config.model_copy(update={"lr": 1e-4}), corpus.tokenizer, data=corpus.data, output=out)
 
 
 def test_half_written_checkpoint_is_ignored_and_resume_is_exact(finished, corpus, tmp_path) -> None:
@@ -113,7 +112,7 @@ def test_half_written_checkpoint_is_ignored_and_resume_is_exact(finished, corpus
     garbage = dest / "checkpoints" / "step-00000040.tmp"
     garbage.mkdir()
     (garbage / "model.pt").write_bytes(b"not a checkpoint")
-    result = train(config, corpus.data, corpus.tokenizer, dest)
+    result = train(config, corpus.tokenizer, data=corpus.data, output=dest)
     assert result.step == 30 and not garbage.exists()
     start = next(e for e in _events(dest) if e["event"] == "start")
     assert start["resumed"] and start["step"] == 20
@@ -129,7 +128,7 @@ def test_default_tiny_run_brings_validation_loss_below_70_percent(corpus_4k, tmp
     # embedded dataset with its 32k vocabulary (67 % at step 400).
     out = tmp_path / "default"
     config = TrainConfig(token_cache=str(corpus_4k.token_cache), save_every=1000, log_every=50)
-    train(config, corpus_4k.data, corpus_4k.tokenizer, out)
+    train(config, corpus_4k.tokenizer, data=corpus_4k.data, output=out)
     evals = [e["val_loss"] for e in _events(out) if e["event"] == "eval"]
     assert evals[-1] < 0.7 * evals[0], evals
 
@@ -169,8 +168,8 @@ def test_cli_prints_config_errors_without_traceback(corpus, tmp_path, capsys) ->
 def test_gradient_checkpointing_trains_the_same_model(corpus, tmp_path) -> None:
     # Recomputing activations must not change the maths (the RNG is replayed for dropout).
     base = _config(corpus, max_steps=3, warmup_steps=1, eval_every=100, save_every=100, model=ModelOverrides(n_layer=1))
-    a = train(base, corpus.data, corpus.tokenizer, tmp_path / "a")
-    b = train(base.model_copy(update={"gradient_checkpointing": True}), corpus.data, corpus.tokenizer, tmp_path / "b")
+    a = train(base, corpus.tokenizer, data=corpus.data, output=tmp_path / "a")
+    b = train(base.model_copy(update={"gradient_checkpointing": True}), corpus.tokenizer, data=corpus.data, output=tmp_path / "b")
     wa = torch.load(tmp_path / "a" / "checkpoints" / "step-00000003" / "model.pt", weights_only=True)
     wb = torch.load(tmp_path / "b" / "checkpoints" / "step-00000003" / "model.pt", weights_only=True)
     assert a.step == b.step == 3
@@ -180,12 +179,12 @@ def test_gradient_checkpointing_trains_the_same_model(corpus, tmp_path) -> None:
 def test_checkpoints_on_gcs_resume_on_a_fresh_disk(corpus, gcs_bucket, tmp_path) -> None:
     # A new VM has an empty disk: only the bucket holds the run's checkpoints.
     config = _config(corpus, max_steps=6, warmup_steps=1, save_every=3, eval_every=100, checkpoint_dir="gs://ckpt-bucket/runs/loop")
-    first = train(config, corpus.data, corpus.tokenizer, tmp_path / "vm1")
+    first = train(config, corpus.tokenizer, data=corpus.data, output=tmp_path / "vm1")
     names = {b.name for b in gcs_bucket.list_blobs("ckpt-bucket", prefix="runs/loop/")}
     assert {"runs/loop/step-00000003/COMMITTED", "runs/loop/step-00000006/COMMITTED"} <= names
     assert "runs/loop/step-00000006/rng-00000.pt" in names
     gcs_bucket.bucket("ckpt-bucket").blob("runs/loop/step-00000006/COMMITTED").delete()  # never committed
-    second = train(config, corpus.data, corpus.tokenizer, tmp_path / "vm2")
+    second = train(config, corpus.tokenizer, data=corpus.data, output=tmp_path / "vm2")
     start = next(e for e in _events(tmp_path / "vm2") if e["event"] == "start")
     assert start["resumed"] and start["step"] == 3 and second.step == 6
     assert (first.final / "model.safetensors").read_bytes() == (second.final / "model.safetensors").read_bytes()
