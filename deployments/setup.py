@@ -7,8 +7,10 @@ Idempotent: rerun it after changing the environment or the job template.
 - Secret blocks from the environment, only when given: `gcp-credentials` (the service-account key in
   $GOOGLE_APPLICATION_CREDENTIALS or $CODEPARROT_GCP_CREDENTIALS_JSON) and `hf-token` ($HF_TOKEN);
 - the variables prefect.yaml reads at deploy time: `codeparrot_gcs_bucket` ($CODEPARROT_GCS_BUCKET, else the
-  export default), `codeparrot_gcp_credentials_block` and `codeparrot_hub_token_block` (the block names, or
-  "" so that flows use the worker's environment);
+  export default), `codeparrot_hub_root` (the Hub stand-in every flow run uses: $CODEPARROT_HUB_ROOT, else
+  gs://codeparrot-hub), `codeparrot_artifact_root` (token sets and checkpoints shared by the pools:
+  $CODEPARROT_ARTIFACT_ROOT, else gs://codeparrot-artifacts), `codeparrot_gcp_credentials_block` and
+  `codeparrot_hub_token_block` (the block names, or "" so that flows use the worker's environment);
 - the automations of deployments/automations.py (Crashed `auto-resume` runs -> AwaitingRetry, capped; silent
   runs -> Crashed).
 
@@ -40,6 +42,9 @@ CPU_POOL, GPU_POOL, K8S_POOL = "cpu-pool", "gpu-pool", "gpu-k8s"
 GCP_BLOCK, HUB_BLOCK = "gcp-credentials", "hf-token"
 # The export stage's default bucket (codeparrot.export.ExportConfig), without importing the stage here.
 DEFAULT_BUCKET = "codeparrot-exports"
+# Where both pools meet: the Hub stand-in (codeparrot.hub.DEFAULT_STANDIN_ROOT) and the shared artifacts.
+DEFAULT_HUB_ROOT = "gs://codeparrot-hub"
+DEFAULT_ARTIFACT_ROOT = "gs://codeparrot-artifacts"
 
 
 @dataclass
@@ -148,6 +153,8 @@ def setup(
         report.blocks.append(hub_block := HUB_BLOCK)
     variables = {
         "codeparrot_gcs_bucket": env.get("CODEPARROT_GCS_BUCKET") or DEFAULT_BUCKET,
+        "codeparrot_hub_root": env.get("CODEPARROT_HUB_ROOT") or DEFAULT_HUB_ROOT,
+        "codeparrot_artifact_root": (env.get("CODEPARROT_ARTIFACT_ROOT") or DEFAULT_ARTIFACT_ROOT).rstrip("/"),
         "codeparrot_gcp_credentials_block": gcp_block,
         "codeparrot_hub_token_block": hub_block,
     }

@@ -25,13 +25,14 @@ from codeparrot.services import ensure_services
 from flows._local import local_run
 from tasks.curate import curate_shards, dask_runner
 from tasks.download import download_stage
+from tasks.events import DATASET_PUBLISHED, announce
 from tasks.export import export_stage
 from tasks.gcp import gcp_config
 from tasks.publish import provenance, publish_stage, report_task
 
 
 class RefreshResult(BaseModel):
-    """Small: where each stage's output is and its identity, never data."""
+    """Small: where each stage's output is and its identity, never data. `dataset` is what later stages take."""
 
     export_uri: str
     export_manifest_sha256: str
@@ -40,10 +41,10 @@ class RefreshResult(BaseModel):
     curated_dir: str
     curated_hash: str
     kept: int
-    dataset: str
+    dataset: str  # hf://datasets/OWNER/NAME@REV
     revision: str
     url: str
-    path: str | None
+    new: bool
 
 
 def curate_downloaded(local: DownloadResult, cfg: CurateConfig, workers: int, force_refresh: bool) -> CurateResult:
@@ -72,22 +73,33 @@ def dataset_refresh(
     curate_workers: int = 2,
     force_refresh: bool = False,
 ) -> RefreshResult:
-    """Export, download, curate, publish; `force_refresh` recomputes every stage.
+    """Export, download, curate, publish; returns the dataset's hf://datasets/OWNER/NAME@REV URI.
 
-    `dask_address`: a Dask scheduler ("tcp://host:8786") for the per-shard curation, or "local" for a
-    LocalCluster on this machine; empty runs the shard tasks in threads here.
+    Args:
+        export: The BigQuery query and where its shards go in Cloud Storage.
+        download: Where shards are cached on this worker and how hard to try.
+        curate: License filter, heuristics, exact and near dedup.
+        publish: The dataset repo (on the Hub, or its stand-in) and the train/valid split.
+        gcp_project: GCP project that runs the jobs; empty: CODEPARROT_GCP_PROJECT or the embedded default.
+        gcp_credentials_block: Prefect Secret block holding a service-account key; empty: the environment.
+        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        dask_address: A Dask scheduler (tcp://host:8786) for the per-shard curation, or "local" for a
+            LocalCluster here; empty: threads here.
+        curate_workers: Processes for the near-dedup finalize.
+        force_refresh: Recompute every stage, ignoring caches.
     """
     with ensure_services():
         gcp = gcp_config(gcp_project, gcp_credentials_block)
         exported = export_stage(export, gcp, force=force_refresh)
         local = download_stage(exported, download, gcp, force=force_refresh)
-    if dask_address:
-        runner = dask_runner(None if dask_address == "local" else dask_address)
-        curated = curation.with_options(task_runner=runner)(local, curate, curate_workers, force_refresh)
-    else:
-        curated = curate_downloaded(local, curate, curate_workers, force_refresh)
-    published = publish_stage(curated, publish, provenance(exported, local, curated, curate), hub_token_block, force=force_refresh)
-    report_task(exported, curated, published)
+        if dask_address:
+            runner = dask_runner(None if dask_address == "local" else dask_address)
+            curated = curation.with_options(task_runner=runner)(local, curate, curate_workers, force_refresh)
+        else:
+            curated = curate_downloaded(local, curate, curate_workers, force_refresh)
+        published = publish_stage(curated, publish, provenance(exported, local, curated, curate), hub_token_block, force=force_refresh)
+        report_task(exported, curated, published)
+        announce(DATASET_PUBLISHED, f"codeparrot.dataset.{published.repo}", {"dataset": published.uri}, new=not published.skipped)
     return RefreshResult(
         export_uri=exported.uri,
         export_manifest_sha256=exported.manifest_sha256,
@@ -96,10 +108,10 @@ def dataset_refresh(
         curated_dir=curated.out_dir,
         curated_hash=curated.content_hash,
         kept=curated.kept,
-        dataset=published.repo,
+        dataset=published.uri,
         revision=published.revision,
         url=published.url,
-        path=published.path,
+        new=not published.skipped,
     )
 
 
@@ -107,19 +119,19 @@ def dataset_refresh(
 @click.option("--snapshot-id", default=None, help="Pin the source snapshot (default: derived from the tables).")
 @click.option("--bucket", default=None, help="GCS bucket for export shards.")
 @click.option("--licenses", default=None, help="permissive | weak-copyleft | all | any | comma-separated keys.")
-@click.option("--hub-repo", default=None, help="Publish to this Hub dataset repo (needs HF_TOKEN, HF_HUB_OFFLINE=0).")
+@click.option("--dataset-name", default=None, help="owner/name of the dataset repo (default codeparrot/codeparrot-clean).")
 @click.option("--dask-address", default=None, help="Dask scheduler for curation ('local' for a LocalCluster).")
 @click.option("--force-refresh", is_flag=True, help="Recompute every stage, ignoring caches.")
 def refresh_command(
-    snapshot_id: str | None, bucket: str | None, licenses: str | None, hub_repo: str | None, dask_address: str | None, force_refresh: bool
+    snapshot_id: str | None, bucket: str | None, licenses: str | None, dataset_name: str | None, dask_address: str | None, force_refresh: bool
 ) -> None:
     """Run the dataset-refresh flow (embedded emulators unless GCP is configured)."""
     export = ExportConfig(**{k: v for k, v in {"snapshot_id": snapshot_id, "bucket": bucket}.items() if v})
     curate = CurateConfig(licenses=tuple(licenses.split(","))) if licenses else CurateConfig()
-    publish = PublishConfig(hub_repo=hub_repo) if hub_repo else PublishConfig()
+    publish = PublishConfig(dataset_name=dataset_name) if dataset_name else PublishConfig()
     with local_run():
         result = dataset_refresh(export=export, curate=curate, publish=publish, dask_address=dask_address, force_refresh=force_refresh)
     click.echo(f"export:   {result.export_uri} ({result.rows} rows)")
     click.echo(f"download: {result.download_dir}")
     click.echo(f"curated:  {result.curated_dir} ({result.kept} kept)")
-    click.echo(f"dataset:  {result.dataset}@{result.revision} {result.url}")
+    click.echo(f"dataset:  {result.dataset} ({result.url})")

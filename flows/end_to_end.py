@@ -15,10 +15,11 @@ from prefect import flow
 from pydantic import BaseModel
 
 from codeparrot.curate.config import CurateConfig
-from codeparrot.env import home
 from codeparrot.evaluate.config import EvalConfig
 from codeparrot.export import ExportConfig
+from codeparrot.hub import HubSettings
 from codeparrot.publish import PublishConfig
+from codeparrot.services import ensure_services
 from codeparrot.tokenizer import TokenizerConfig
 from codeparrot.train.config import TrainConfig
 from flows._local import local_run
@@ -35,8 +36,11 @@ DEMO_EVAL = EvalConfig(limit=8, n_samples=4, max_new_tokens=64, max_perplexity_b
 
 class EndToEndResult(BaseModel):
     dataset: RefreshResult
-    tokenizer: str
+    tokenizer: str  # hf://OWNER/NAME@REV
+    tokenizer_dir: str
     tokenizer_chars_per_token: float
+    tokens: str
+    model: str | None  # hf://OWNER/NAME@REV
     model_dir: str
     evaluation: dict[str, Any] | None
     completions: list[str]
@@ -53,16 +57,20 @@ def end_to_end(
     prompt: str = PROMPT,
     force_refresh: bool = False,
 ) -> EndToEndResult:
-    """Every stage with its defaults; each is cached, so a rerun only redoes what changed."""
+    """Every stage with its defaults, each handing the next the exact reference it published; each is cached,
+    so a rerun only redoes what changed."""
     data = dataset_refresh(export=export, curate=curate, publish=publish, force_refresh=force_refresh)
-    assert data.path is not None, "the end-to-end flow trains from a local dataset folder"
-    tok = tokenizer_flow(data=data.path, cfg=tokenizer, push=True, hub_repo=publish.hub_repo, force_refresh=force_refresh)
-    trained = training(data=data.path, tokenizer=tok.path, config=train, eval_config=evaluation)
+    tok = tokenizer_flow(data=data.dataset, cfg=tokenizer, push=True, force_refresh=force_refresh)
+    assert tok.uri is not None, "the tokenizer flow publishes when push=True"
+    trained = training(data=data.dataset, tokenizer=tok.uri, config=train, eval_config=evaluation)
     completions = samples_task(trained.model_dir, prompt, n=3)
     return EndToEndResult(
         dataset=data,
-        tokenizer=tok.path,
+        tokenizer=tok.uri,
+        tokenizer_dir=tok.path,
         tokenizer_chars_per_token=tok.chars_per_token,
+        tokens=trained.tokens,
+        model=trained.model,
         model_dir=trained.model_dir,
         evaluation=trained.evaluation,
         completions=completions,
@@ -78,10 +86,11 @@ def summary_lines(result: EndToEndResult, seconds: float) -> list[str]:
         f"  export     {d.export_uri} ({d.rows} rows)",
         f"  download   {d.download_dir}",
         f"  curated    {d.curated_dir} ({d.kept} kept; stats.md, duplicate_clusters.jsonl)",
-        f"  dataset    {d.path}  ({d.dataset}@{d.revision}; load with datasets.load_dataset)",
-        f"  tokenizer  {result.tokenizer}  ({result.tokenizer_chars_per_token:.2f} chars/token; eval.md)",
-        f"  model      {result.model_dir}",
+        f"  dataset    {d.dataset}  ({d.url})",
+        f"  tokenizer  {result.tokenizer}  ({result.tokenizer_chars_per_token:.2f} chars/token; {result.tokenizer_dir}/eval.md)",
+        f"  tokens     {result.tokens}",
         f"  training   {run_dir}  (metrics.jsonl, tensorboard/, checkpoints)",
+        f"  model      {result.model}  (trained in {result.model_dir})",
     ]
     if "perplexity" in ev:
         lines.append(f"  perplexity {ev['perplexity']:.1f} (loss {ev['loss']:.3f}) on the valid split")
@@ -89,12 +98,14 @@ def summary_lines(result: EndToEndResult, seconds: float) -> list[str]:
     if passes:
         shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in passes.items())
         lines.append(f"  humaneval  {shown} on {ev.get('humaneval_problems')} problems (a tiny CPU model: expect ~0)")
-    lines.append(f"  hub        {home() / 'hub'}  (local stand-in: datasets/, models/)")
+    hub = HubSettings.from_env()
+    lines.append(f"  hub        {'the Hugging Face Hub' if hub.use_hub else f'the stand-in at {hub.standin_root}'}")
     lines.append("")
     lines.append("completions of the seed's prompt:")
     for i, c in enumerate(result.completions, 1):
         lines.append(f"--- {i}")
         lines.append(PROMPT + c)
+    lines += ["", f"model: {result.model}  (`codeparrot fetch` gives a local copy on any machine)"]
     return lines
 
 
@@ -109,6 +120,7 @@ def run_command(max_steps: int | None, vocab_size: int | None, humaneval_limit: 
     tok = TokenizerConfig(vocab_size=vocab_size, baseline_vocab_size=min(8192, vocab_size // 4)) if vocab_size else TokenizerConfig()
     evaluation = DEMO_EVAL.model_copy(update={"limit": humaneval_limit})
     t0 = time.monotonic()
-    with local_run():
+    # One start of the embedded services (and the seed) for every stage; nothing starts where GCP is configured.
+    with local_run(), ensure_services():
         result = end_to_end(tokenizer=tok, train=train, evaluation=evaluation, force_refresh=force_refresh)
     click.echo("\n".join(summary_lines(result, time.monotonic() - t0)))

@@ -1,26 +1,39 @@
-"""Tokenizer flow: train, evaluate and (optionally) push a BPE tokenizer for a published dataset."""
+"""Tokenizer flow: train, evaluate and publish a BPE tokenizer for a published dataset revision."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from codeparrot.publish import PublishConfig, published_path
+from codeparrot.services import ensure_storage
 from codeparrot.tokenizer import TokenizerConfig, TokenizerResult
+from flows.pretokenize import DEFAULT_DATASET
+from tasks.events import TOKENIZER_PUBLISHED, announce
+from tasks.hub import pinned
 from tasks.tokenizer import push_tokenizer_task, tokenizer_stage
 
 
 @flow(name="tokenizer", description="Byte-level BPE trained on the published train split, evaluated on valid.")
 def tokenizer_flow(
-    data: str | None = None,
+    data: str = DEFAULT_DATASET,
     cfg: TokenizerConfig = TokenizerConfig(),  # noqa: B008 - the UI form's defaults
     push: bool = True,
-    hub_repo: str | None = None,
     hub_token_block: str | None = None,
     force_refresh: bool = False,
 ) -> TokenizerResult:
-    """`data`: a published dataset folder (default: the head of the local Hub stand-in)."""
-    folder = data or str(published_path(PublishConfig()))
-    result = tokenizer_stage(folder, cfg, force=force_refresh)
-    if push:
-        push_tokenizer_task(result, cfg, hub_repo, hub_token_block)
+    """Train the tokenizer on a dataset revision and publish it as `cfg.name`; returns its hf://...@REV URI.
+
+    Args:
+        data: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the head now) or a published folder.
+        cfg: How the tokenizer is trained and evaluated, and the repo it is published as.
+        push: Publish the tokenizer to the Hub target (the stand-in unless the Hub is configured).
+        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        force_refresh: Train again even when a tokenizer of this dataset revision and config exists.
+    """
+    with ensure_storage(data, hub=push):
+        dataset = pinned(data, hub_token_block)
+        result = tokenizer_stage(dataset, cfg, hub_token_block, force=force_refresh)
+        if push:
+            result = push_tokenizer_task(result, cfg, hub_token_block)
+            announce(TOKENIZER_PUBLISHED, f"codeparrot.tokenizer.{cfg.name}",
+                     {"tokenizer": str(result.uri), "dataset": dataset}, new=result.new)  # fmt: skip
     return result

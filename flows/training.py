@@ -1,8 +1,10 @@
-"""Training flow: a supervised, preemption-safe training task, then evaluation of the final model.
+"""Training flow: pin the inputs, make sure their token set exists, train (preemption-safe), evaluate, publish.
 
-Parameters are `TrainConfig` and `EvalConfig` (rendered by the Prefect UI as forms). Without `output`, the
-run folder derives from a hash of the config and inputs (`<CODEPARROT_HOME>/runs/<hash12>`), not from the
-flow run id, so a resubmitted or rescheduled run finds its checkpoints and resumes.
+Inputs are references (`hf://...@REV`, `gs://...`), so a GPU worker with an empty disk can run it: the
+trainer fetches the tokenizer and the token set, and with `checkpoint_root` on gs:// its checkpoints
+outlive the machine. The run folder and the checkpoint prefix derive from a hash of the config and the
+inputs' revisions, not from the flow run id, so a rescheduled run on a replacement VM resumes. The final
+model is published with a model card (lineage and evaluation) to the Hub target.
 """
 
 from __future__ import annotations
@@ -13,28 +15,76 @@ from prefect import flow
 from pydantic import BaseModel
 
 from codeparrot.evaluate.config import EvalConfig
+from codeparrot.services import ensure_storage
+from codeparrot.tokens import PretokenizeConfig
 from codeparrot.train.config import TrainConfig
+from flows.pretokenize import DEFAULT_DATASET, DEFAULT_TOKENIZER, build_tokens
 from tasks.evaluate import evaluate_model_task
-from tasks.train import train_model
+from tasks.events import MODEL_PUBLISHED, announce
+from tasks.hub import pinned
+from tasks.train import publish_model_task, train_model
 
 
 class TrainingResult(BaseModel):
+    """The published model's URI and what it was trained on, all exact references."""
+
+    model: str | None
     model_dir: str
+    dataset: str
+    tokenizer: str
+    tokens: str
+    resumed_at: list[int] = []
     evaluation: dict[str, Any] | None = None
 
 
-@flow(name="training", description="GPT-2 from scratch with accelerate; resumes after preemption; then evaluation.")
+@flow(name="training", description="GPT-2 from scratch with accelerate; resumes after preemption; evaluated and published.")
 def training(
-    data: str,
-    tokenizer: str,
+    data: str = DEFAULT_DATASET,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    tokens: str | None = None,
     config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen pydantic model, safe as a default
+    pretokenize: PretokenizeConfig = PretokenizeConfig(),  # noqa: B008
+    checkpoint_root: str | None = None,
     output: str | None = None,
     output_root: str | None = None,
     num_processes: int = 1,
     evaluate: bool = True,
     eval_config: EvalConfig = EvalConfig(),  # noqa: B008
+    model_repo: str | None = None,
+    hub_token_block: str | None = None,
 ) -> TrainingResult:
-    """Train a GPT-2 on a published dataset folder and tokenizer folder, then evaluate the final model."""
-    model_dir = train_model(config, data, tokenizer, output=output, output_root=output_root, num_processes=num_processes)
-    evaluation = evaluate_model_task(model_dir, data, eval_config) if evaluate else None
-    return TrainingResult(model_dir=model_dir, evaluation=evaluation)
+    """Train a GPT-2 on a dataset revision with a tokenizer revision, evaluate it and publish it.
+
+    Args:
+        data: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the head when the run starts).
+        tokenizer: The tokenizer, hf://OWNER/NAME[@REV].
+        tokens: A token set built by pretokenize (gs://...); empty: found or built under pretokenize.root.
+        config: The training run: model preset, batch arithmetic, schedule, checkpoint cadence.
+        pretokenize: Where token sets live (and are built when `tokens` is empty).
+        checkpoint_root: gs://BUCKET/PREFIX for checkpoints that outlive the machine (one folder per run
+            hash); empty: the run folder's checkpoints/ on this machine.
+        output: The run folder on this machine; empty: CODEPARROT_HOME/runs/<run hash>.
+        output_root: Parent of the derived run folder when `output` is empty.
+        num_processes: Training processes (GPUs) on this machine.
+        evaluate: Measure perplexity and HumanEval (per eval_config) before publishing.
+        eval_config: What evaluation runs and how.
+        model_repo: owner/name the model is published as; empty: codeparrot/codeparrot-<preset>.
+        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+    """
+    with ensure_storage(data, tokenizer, tokens, checkpoint_root, pretokenize.root, hub=True):
+        data, tokenizer = pinned(data, hub_token_block), pinned(tokenizer, hub_token_block)
+        if tokens is None:
+            tokens = build_tokens(data, tokenizer, pretokenize, hub_token_block).tokens
+        model_dir = train_model(
+            config, data, tokenizer, tokens, output=output, output_root=output_root,
+            checkpoint_root=checkpoint_root, num_processes=num_processes, hub_token_block=hub_token_block,
+        )  # fmt: skip
+        evaluation = evaluate_model_task(model_dir, tokens, eval_config, hub_token_block) if evaluate else None
+        repo = model_repo or f"codeparrot/codeparrot-{config.preset}"
+        pushed = publish_model_task(model_dir, repo, evaluation, hub_token_block)
+        announce(MODEL_PUBLISHED, f"codeparrot.model.{repo}",
+                 {"model": pushed.uri, "dataset": data, "tokenizer": tokenizer, "tokens": tokens}, new=not pushed.skipped)  # fmt: skip
+    from codeparrot.model_card import read_summary
+
+    return TrainingResult(model=pushed.uri, model_dir=model_dir, dataset=data, tokenizer=tokenizer, tokens=tokens,
+                          resumed_at=read_summary(model_dir).get("resumed_at", []), evaluation=evaluation)  # fmt: skip

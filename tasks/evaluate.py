@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
 
+from codeparrot.artifacts import ArtifactRef
 from codeparrot.config import short_hash
 from codeparrot.dataset import content_hash
 from codeparrot.errors import ConfigError
@@ -24,24 +25,36 @@ from codeparrot.evaluate.humaneval import TABLE, run_humaneval
 from codeparrot.evaluate.humaneval import VERSION as HUMANEVAL_VERSION
 from codeparrot.evaluate.model import model_identity
 from codeparrot.evaluate.perplexity import SPLIT, run_perplexity
+from codeparrot.tokens import MANIFEST
 from tasks._common import content_cache
+from tasks.hub import resolver
 
 EVALUATE_VERSION = f"1.{HUMANEVAL_VERSION}"
 PathArg = str | os.PathLike[str]
+
+
+def data_identity(data: PathArg) -> str:
+    """What the perplexity depends on: a reference's identity, a token set's manifest, or a dataset's valid split."""
+    ref = ArtifactRef.parse(data)
+    if ref.scheme != "local":
+        return resolver().identity(ref)
+    manifest = Path(ref.path) / MANIFEST
+    if manifest.is_file():
+        return short_hash(manifest.read_text(), length=32)
+    return content_hash(ref.path, (SPLIT,))
 
 
 def _content_key(_ctx: Any, inputs: dict[str, Any]) -> str:
     """The model's and the valid split's content, whatever folders they sit in."""
     parts = {"model": model_identity(inputs["model_dir"])}
     if inputs.get("data_dir") is not None:
-        parts["data"] = content_hash(inputs["data_dir"], (SPLIT,))
+        parts["data"] = data_identity(inputs["data_dir"])
     return short_hash(json.dumps(parts, sort_keys=True), length=32)
 
 
 def _cache(stage: str) -> CachePolicy:
-    return content_cache(stage, EVALUATE_VERSION, ignore=("model_dir", "data_dir", "out_dir")) + CacheKeyFnPolicy(
-        cache_key_fn=_content_key
-    )
+    ignore = ("model_dir", "data_dir", "out_dir", "hub_token_block")
+    return content_cache(stage, EVALUATE_VERSION, ignore=ignore) + CacheKeyFnPolicy(cache_key_fn=_content_key)
 
 
 def _humaneval_with_artifact(model_dir: PathArg, cfg: EvalConfig, out_dir: PathArg | None) -> dict[str, Any]:
@@ -61,10 +74,10 @@ def _humaneval_with_artifact(model_dir: PathArg, cfg: EvalConfig, out_dir: PathA
 
 
 @task(name="perplexity", cache_policy=_cache("perplexity"), persist_result=True)
-def perplexity_task(model_dir: PathArg, data_dir: PathArg, cfg: EvalConfig) -> dict[str, Any]:
-    """Validation loss and perplexity of a model folder."""
+def perplexity_task(model_dir: PathArg, data_dir: PathArg, cfg: EvalConfig, hub_token_block: str | None = None) -> dict[str, Any]:
+    """Validation loss and perplexity of a model folder on a dataset or token set (a reference or a folder)."""
     result = run_perplexity(
-        model_dir, data_dir, batch_size=cfg.perplexity_batch_size, max_blocks=cfg.max_perplexity_blocks,
+        model_dir, resolver(hub_token_block).resolve(data_dir).path, batch_size=cfg.perplexity_batch_size, max_blocks=cfg.max_perplexity_blocks,
         device=cfg.device, dtype=cfg.dtype,
     )
     get_run_logger().info("loss %.4f, perplexity %.2f over %d blocks", result.loss, result.perplexity, result.blocks)
@@ -78,14 +91,18 @@ def humaneval_task(model_dir: PathArg, cfg: EvalConfig, out_dir: PathArg | None 
 
 
 @task(name="evaluate-model", cache_policy=_cache("evaluate-model"), persist_result=True)
-def evaluate_model_task(model_dir: PathArg, data_dir: PathArg | None, cfg: EvalConfig) -> dict[str, Any]:
-    """What the config enables (perplexity, HumanEval) on a trained model; a small summary."""
+def evaluate_model_task(
+    model_dir: PathArg, data_dir: PathArg | None, cfg: EvalConfig, hub_token_block: str | None = None
+) -> dict[str, Any]:
+    """What the config enables (perplexity, HumanEval) on a trained model; a small summary.
+
+    `data_dir`: the dataset or token set (a reference or a folder) whose valid split perplexity uses."""
     summary: dict[str, Any] = {"model_dir": os.fspath(model_dir)}
     if cfg.run_perplexity:
         if data_dir is None:
             raise ConfigError("run_perplexity is on but no dataset folder was given: pass data_dir or turn it off")
         ppl = run_perplexity(
-            model_dir, data_dir, batch_size=cfg.perplexity_batch_size, max_blocks=cfg.max_perplexity_blocks,
+            model_dir, resolver(hub_token_block).resolve(data_dir).path, batch_size=cfg.perplexity_batch_size, max_blocks=cfg.max_perplexity_blocks,
             device=cfg.device, dtype=cfg.dtype,
         )
         summary.update(loss=ppl.loss, perplexity=ppl.perplexity, perplexity_blocks=ppl.blocks)

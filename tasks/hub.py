@@ -1,9 +1,10 @@
-"""Hub credentials for tasks: a Prefect Secret block when named, else the environment."""
+"""Hub credentials and artifact resolution for tasks: a Prefect Secret block when named, else the environment."""
 
 from __future__ import annotations
 
 import os
 
+from codeparrot.artifacts import Resolver
 from codeparrot.errors import ConfigError
 
 
@@ -17,3 +18,13 @@ def hub_token(block: str | None) -> str | None:
         return str(Secret.load(block).get())
     except ValueError as exc:
         raise ConfigError(f"no Prefect Secret block named {block!r}: create it with your Hub token or leave it empty") from exc
+
+
+def resolver(block: str | None = None) -> Resolver:
+    """A Resolver for the Hub and Cloud Storage this worker is configured for (token from `block` if named)."""
+    return Resolver.from_env(hub_token(block))
+
+
+def pinned(ref: str, block: str | None = None) -> str:
+    """`ref` with its exact revision (`hf://...@REV`), so the run's parameters reproduce it."""
+    return str(resolver(block).pin(ref))

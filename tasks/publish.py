@@ -11,9 +11,9 @@ from codeparrot.curate.pipeline import CurateResult
 from codeparrot.download import DownloadResult
 from codeparrot.errors import DataError
 from codeparrot.export import ExportResult
-from codeparrot.publish import PUBLISH_VERSION, PublishConfig, PublishResult, publish, published_path
+from codeparrot.publish import PUBLISH_VERSION, PublishConfig, PublishResult, publish
 from tasks._common import cached_call, content_cache, io_task_options
-from tasks.hub import hub_token
+from tasks.hub import resolver
 
 
 def provenance(exported: ExportResult, local: DownloadResult, curated: CurateResult, curate_cfg: Any) -> dict[str, Any]:
@@ -35,15 +35,12 @@ def provenance(exported: ExportResult, local: DownloadResult, curated: CurateRes
 
 @task(name="publish", cache_policy=content_cache("publish", PUBLISH_VERSION, ignore=("hub_token_block",)), **io_task_options())
 def publish_task(curated: CurateResult, cfg: PublishConfig, prov: dict[str, Any], hub_token_block: str | None) -> PublishResult:
-    """Split, write Parquet + card, push to the Hub repo or the local stand-in; returns the revision."""
-    if cfg.hub_repo and hub_token_block:
-        cfg = cfg.model_copy(update={"hub_token": hub_token(hub_token_block)})
-    result = publish(curated.out_dir, cfg, provenance=prov)
+    """Split, write Parquet + card, push to the Hub target; returns the dataset's hf://...@REV URI."""
+    result = publish(curated.out_dir, cfg, hub=resolver(hub_token_block).hub, provenance=prov)
     logger = get_run_logger()
-    logger.info("%s %s@%s", "unchanged" if result.skipped else "published", result.repo, result.revision)
-    create_link_artifact(key="dataset", link=result.url, link_text=f"{result.repo}@{result.revision}")
-    if result.path:
-        create_markdown_artifact(key="dataset-card", markdown=(published_path(cfg, result.revision) / "README.md").read_text())
+    logger.info("%s %s", "unchanged" if result.skipped else "published", result.uri)
+    create_link_artifact(key="dataset", link=result.url, link_text=result.uri)
+    create_markdown_artifact(key="dataset-card", markdown=result.card)
     return result
 
 
@@ -66,5 +63,6 @@ def report_task(exported: ExportResult, curated: CurateResult, published: Publis
 def publish_stage(
     curated: CurateResult, cfg: PublishConfig, prov: dict[str, Any], hub_token_block: str | None, *, force: bool = False
 ) -> PublishResult:
-    present = bool(cfg.hub_repo) or published_path(cfg).exists()
+    """The publish task, recomputed when forced or when the Hub target has no such dataset (a new bucket)."""
+    present = resolver(hub_token_block).hub.head("dataset", cfg.dataset_name) is not None
     return cached_call(publish_task, curated, cfg, prov, hub_token_block, force=force, outputs_present=present)

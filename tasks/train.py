@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
+from codeparrot.hub import PushResult
+from codeparrot.model_card import publish_model
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.errors import Preempted, TrainingFailed
-from codeparrot.train.identity import default_run_dir
+from codeparrot.train.identity import checkpoint_uri, default_run_dir
 from codeparrot.train.launch import MetricsTail, accelerate_command, supervise, train_arguments
+from tasks._common import io_task_options
+from tasks.hub import hub_token, resolver
 
 METRICS_FILE = "metrics.jsonl"  # codeparrot.train.loop.METRICS_FILE, without importing torch here
 # A preempted child has committed its checkpoint, so a retry can start at once; the count bounds a
@@ -51,21 +60,36 @@ def train_model(
     config: TrainConfig,
     data: str,
     tokenizer: str,
+    tokens: str | None = None,
     output: str | None = None,
     output_root: str | None = None,
+    checkpoint_root: str | None = None,
     num_processes: int = 1,
+    hub_token_block: str | None = None,
 ) -> str:
-    """Train (or resume) the run; returns the folder of the final model."""
+    """Train (or resume) the run; returns the folder of the final model.
+
+    The run folder (metrics, logs, final model) and, with `checkpoint_root`, the checkpoint prefix derive
+    from the config and the inputs' identities, so a resubmitted run finds them on any machine that
+    reaches the checkpoint store.
+    """
     logger = get_run_logger()
-    out = Path(output) if output else default_run_dir(config, data, tokenizer, output_root)
+    res = resolver(hub_token_block)
+    dataset_identity, tokenizer_identity = res.identity(data), res.identity(tokenizer)
+    out = Path(output) if output else default_run_dir(config, dataset_identity, tokenizer_identity, output_root)
+    if checkpoint_root and not config.checkpoint_dir:
+        config = config.model_copy(update={"checkpoint_dir": checkpoint_uri(checkpoint_root, config, dataset_identity, tokenizer_identity)})
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "train-config.json"
     tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}")
     tmp.write_text(config.model_dump_json(indent=1))
     os.replace(tmp, config_file)
 
-    cmd = accelerate_command(train_arguments(config_file, data, tokenizer, str(out)), num_processes=num_processes)
-    logger.info("launching %s", " ".join(cmd))
+    cmd = accelerate_command(train_arguments(config_file, tokenizer, str(out), data=data, tokens=tokens), num_processes=num_processes)
+    logger.info("launching %s (checkpoints: %s)", " ".join(cmd), config.checkpoint_dir or out / "checkpoints")
+    # The trainer resolves the references itself; a token from a Secret block reaches it like HF_TOKEN would.
+    token = hub_token(hub_token_block) if hub_token_block else None
+    env = {**os.environ, "HF_TOKEN": token} if token else None
     progress = create_progress_artifact(0.0, description=f"training {out}")
 
     def on_event(event: dict[str, Any]) -> None:
@@ -88,6 +112,7 @@ def train_model(
         log_path=out / "logs" / "train.log",
         on_event=on_event,
         forward_signals=(signal.SIGINT,),
+        env=env,
     )
     create_table_artifact(loss_curve(out / METRICS_FILE), key="training-loss-curve", description=f"loss curve of {out}")
     if outcome.completed and outcome.final:
@@ -121,3 +146,12 @@ def loss_curve(metrics_path: Path, max_rows: int = LOSS_CURVE_ROWS) -> list[dict
         stride = -(-len(ordered) // max_rows)
         ordered = [*ordered[::stride][: max_rows - 1], ordered[-1]]
     return ordered
+
+
+@task(name="publish-model", cache_policy=NO_CACHE, **{k: v for k, v in io_task_options().items() if k != "persist_result"})
+def publish_model_task(model_dir: str, repo: str, evaluation: dict[str, Any] | None, hub_token_block: str | None = None) -> PushResult:
+    """The final model with its card (lineage, evaluation) to the Hub target; its hf://OWNER/NAME@REV."""
+    pushed = publish_model(model_dir, repo, resolver(hub_token_block).hub, evaluation=evaluation)
+    get_run_logger().info("model published: %s", pushed.uri)
+    create_link_artifact(key="model", link=pushed.url, link_text=pushed.uri, description="The published model")
+    return pushed

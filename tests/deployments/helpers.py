@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import re
 import signal
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,13 +29,27 @@ K8S_TEMPLATE = REPO / "deployments" / "k8s-gpu-job-template.json"
 T = TypeVar("T")
 
 
-def prefect_yaml() -> dict[str, Any]:
-    """deployments/prefect.yaml as `prefect deploy` loads it (yaml.safe_load, anchors and merge keys applied)."""
-    return yaml.safe_load(PREFECT_YAML.read_text())
+# What deployments/setup.py stores by default, for the tests that resolve `{{ prefect.variables.* }}`.
+SETUP_VARIABLES = {
+    "codeparrot_gcs_bucket": "codeparrot-exports",
+    "codeparrot_hub_root": "gs://codeparrot-hub",
+    "codeparrot_artifact_root": "gs://codeparrot-artifacts",
+    "codeparrot_gcp_credentials_block": "",
+    "codeparrot_hub_token_block": "",
+}
 
 
-def deployments_by_name() -> dict[str, dict[str, Any]]:
-    return {d["name"]: d for d in prefect_yaml()["deployments"]}
+def prefect_yaml(variables: dict[str, str] | None = None) -> dict[str, Any]:
+    """deployments/prefect.yaml as `prefect deploy` loads it (yaml.safe_load, anchors and merge keys applied),
+    with `{{ prefect.variables.NAME }}` replaced from `variables` when given, as deploying resolves them."""
+    text = PREFECT_YAML.read_text()
+    if variables is not None:
+        text = re.sub(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}", lambda m: variables[m.group(1)], text)
+    return yaml.safe_load(text)
+
+
+def deployments_by_name(variables: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in prefect_yaml(variables)["deployments"]}
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.5) -> T:
@@ -49,9 +72,12 @@ class ProcessStack:
         self.env = env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a child with its own log; `env` and `cwd` replace the stack's (another machine's settings)."""
         with open(self.root / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                args, cwd=cwd or REPO, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.procs[name] = proc
         return proc
 
@@ -101,3 +127,129 @@ def _tree(pid: int) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []
+
+
+# ---------------------------------------------------------------------------- a live Prefect stack
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class Live:
+    """The running stack: server URL, the children's environment, and the default worker's CODEPARROT_HOME."""
+
+    url: str
+    root: Path
+    home: Path
+    stack: ProcessStack
+    deploy_output: str = ""
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.url}), get_client(sync_client=True) as client:
+            yield client
+
+    def prefect(self, *args: str, timeout: float = 300) -> str:
+        return self.stack.run([str(BIN / "prefect"), "--no-prompt", *args], timeout=timeout)
+
+    def start_worker(self, name: str, pool: str = "gpu-pool", *, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        """A process worker, one flow run at a time (as on a one-GPU VM), online before returning; `env` and
+        `cwd` make it another machine's."""
+        args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", "1", "--name", name]
+        self.stack.start(name, args, env=env, cwd=cwd)
+
+        def online() -> bool:
+            with self.client() as client:
+                return any(w.name == name and w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(pool))
+
+        wait_until(online, timeout=180, interval=1, what=f"worker {name} online (log: {self.root / name}.log)")
+
+    def run_deployment(self, name: str, params: dict[str, Any] | None = None) -> uuid.UUID:
+        """`prefect deployment run NAME --params JSON`, as the UI's custom run does; the new flow run's id."""
+        out = self.prefect("deployment", "run", name, *(["--params", json.dumps(params)] if params is not None else []))
+        match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+        assert match, out
+        return uuid.UUID(match.group(1))
+
+    def flow_run(self, run_id: uuid.UUID) -> Any:
+        with self.client() as client:
+            return client.read_flow_run(run_id)
+
+    def state_names(self, run_id: uuid.UUID) -> list[str]:
+        with self.client() as client:
+            return [s.name for s in client.read_flow_run_states(run_id)]
+
+    def wait_final(self, run_id: uuid.UUID, timeout: float) -> Any:
+        """The run once Completed, Failed or Cancelled (Crashed is not final here: the automation resubmits)."""
+
+        def final() -> Any:
+            run = self.flow_run(run_id)
+            return run if run.state.is_completed() or run.state.is_failed() or run.state.is_cancelled() else None
+
+        return wait_until(final, timeout=timeout, interval=1, what=f"flow run {run_id} to finish; states {self.state_names(run_id)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def live_stack(root: Path, **env_extra: str) -> Iterator[Live]:
+    """A real `prefect server` (SQLite) under `root`, its URL in the children's environment; stopped after."""
+    url = f"http://127.0.0.1:{free_port()}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(root / "prefect-home"),
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        # Workers poll every second, so a rescheduled run starts again at once.
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_PREFETCH_SECONDS="1",
+        CODEPARROT_SRC=str(REPO),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+        **env_extra,
+    )
+    stack = ProcessStack(root, env)
+    live = Live(url=url, root=root, home=Path(env.get("CODEPARROT_HOME", root / "home")), stack=stack)
+    try:
+        stack.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", url.split(":")[-1].split("/")[0]])
+        wait_until(lambda: healthy(url), timeout=240, interval=1, what=f"prefect server at {url} (log: {root}/server.log)")
+        yield live
+    finally:
+        # Block loads here emitted events to this server: flush them before it stops, or the events
+        # worker of this test process keeps retrying a dead server and slows every later test.
+        from prefect.events.worker import EventsWorker
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: url}):
+            EventsWorker.drain_all(timeout=15)
+        stack.stop_all()

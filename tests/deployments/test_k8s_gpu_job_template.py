@@ -15,7 +15,7 @@ import pytest
 from prefect.utilities.templating import apply_values, find_placeholders
 
 from deployments import setup
-from tests.deployments.helpers import K8S_TEMPLATE, deployments_by_name
+from tests.deployments.helpers import K8S_TEMPLATE, SETUP_VARIABLES, deployments_by_name
 
 
 def _template() -> dict[str, Any]:
@@ -32,13 +32,13 @@ def _render(template: dict[str, Any], job_variables: dict[str, Any]) -> dict[str
 
 def test_train_k8s_job_variables_fit_the_template() -> None:
     template = _template()
-    job_variables = deployments_by_name()["train-k8s"]["work_pool"]["job_variables"]
+    job_variables = deployments_by_name(SETUP_VARIABLES)["train-k8s"]["work_pool"]["job_variables"]
     assert set(job_variables) <= set(template["variables"]["properties"]), "a job variable the template ignores"
     jsonschema.validate(job_variables, template["variables"])
 
 
 def test_rendered_job_is_a_spot_gpu_pod_that_reschedules_on_sigterm() -> None:
-    job_variables = deployments_by_name()["train-k8s"]["work_pool"]["job_variables"]
+    job_variables = deployments_by_name(SETUP_VARIABLES)["train-k8s"]["work_pool"]["job_variables"]
     config = _render(_template(), job_variables)
     job = config["job_manifest"]
     # Kubernetes must not rerun the pod: the flow run is rescheduled by Prefect and a new Job resumes it.
@@ -57,6 +57,7 @@ def test_rendered_job_is_a_spot_gpu_pod_that_reschedules_on_sigterm() -> None:
     assert container["args"] == config["command"] == "prefect flow-run execute"
     assert container["env"]["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "reschedule"
     assert container["env"]["CODEPARROT_HOME"].startswith("/data/")
+    assert container["env"]["CODEPARROT_HUB_ROOT"] == SETUP_VARIABLES["codeparrot_hub_root"]
     [data] = [v for v in pod["volumes"] if v["name"] == "data"]
     assert data["persistentVolumeClaim"]["claimName"] == job_variables["data_volume_claim"]
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]

@@ -2,24 +2,18 @@
 
 One server, one setup (`python deployments/setup.py`) and one `prefect deploy --all` for the module; a
 process worker polls gpu-pool. The tests then: read the deployments back; let a flow that always crashes hit
-the automation's cap; preempt a training run with SIGTERM (the acceptance test of issue 8); and lose a whole
-machine (SIGKILL of the worker and everything under it) so that the heartbeat automation takes over.
+the automation's cap; and preempt a training run with SIGTERM (the acceptance test of issue 8). A whole
+machine lost (SIGKILL, an empty disk after) is tests/deployments/test_two_machines.py's.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import socket
 import sys
 import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +21,13 @@ import psutil
 import pytest
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
+from codeparrot.artifacts import local_identity
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.identity import default_run_dir
 from codeparrot.train.launch import accelerate_command, train_arguments
 from codeparrot.train.sample import train_sample_tokenizer, write_sample_dataset
 from deployments import automations
-from tests.deployments.helpers import K8S_TEMPLATE, PREFECT_YAML, REPO, ProcessStack, wait_until
+from tests.deployments.helpers import K8S_TEMPLATE, PREFECT_YAML, REPO, Live, live_stack, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,114 +40,15 @@ TRAIN = TrainConfig(max_steps=200, warmup_steps=5, batch_size=4, seq_length=64, 
 TRAIN_PARAMS = {k: getattr(TRAIN, k) for k in ("max_steps", "warmup_steps", "batch_size", "seq_length", "save_every", "log_every", "eval_every")}
 
 
-@dataclass
-class Live:
-    """The running stack: server URL, the children's environment, and the worker's CODEPARROT_HOME."""
-
-    url: str
-    root: Path
-    home: Path
-    stack: ProcessStack
-    deploy_output: str = ""
-
-    @contextmanager
-    def client(self) -> Iterator[Any]:
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: self.url}), get_client(sync_client=True) as client:
-            yield client
-
-    def prefect(self, *args: str, timeout: float = 300) -> str:
-        return self.stack.run([str(BIN / "prefect"), "--no-prompt", *args], timeout=timeout)
-
-    def start_worker(self, name: str) -> None:
-        """A process worker on gpu-pool, one flow run at a time (as on a one-GPU VM), online before returning."""
-        self.stack.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", "gpu-pool", "--type", "process", "--limit", "1", "--name", name])
-
-        def online() -> bool:
-            with self.client() as client:
-                return any(w.name == name and w.status.value == "ONLINE" for w in client.read_workers_for_work_pool("gpu-pool"))
-
-        wait_until(online, timeout=180, interval=1, what=f"worker {name} online (log: {self.root / name}.log)")
-
-    def run_deployment(self, name: str, params: dict[str, Any] | None = None) -> uuid.UUID:
-        """`prefect deployment run NAME --params JSON`, as the UI's custom run does; the new flow run's id."""
-        out = self.prefect("deployment", "run", name, *(["--params", json.dumps(params)] if params is not None else []))
-        match = re.search(r"UUID: ([0-9a-f-]{36})", out)
-        assert match, out
-        return uuid.UUID(match.group(1))
-
-    def flow_run(self, run_id: uuid.UUID) -> Any:
-        with self.client() as client:
-            return client.read_flow_run(run_id)
-
-    def state_names(self, run_id: uuid.UUID) -> list[str]:
-        with self.client() as client:
-            return [s.name for s in client.read_flow_run_states(run_id)]
-
-    def wait_final(self, run_id: uuid.UUID, timeout: float) -> Any:
-        """The run once Completed, Failed or Cancelled (Crashed is not final here: the automation resubmits)."""
-
-        def final() -> Any:
-            run = self.flow_run(run_id)
-            return run if run.state.is_completed() or run.state.is_failed() or run.state.is_cancelled() else None
-
-        return wait_until(final, timeout=timeout, interval=1, what=f"flow run {run_id} to finish; states {self.state_names(run_id)}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live-deployments")
-    url = f"http://127.0.0.1:{_free_port()}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(root / "prefect-home"),
-        PREFECT_API_URL=url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        # Workers poll every second, so a rescheduled run starts again at once.
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_WORKER_PREFETCH_SECONDS="1",
-        CODEPARROT_SRC=str(REPO),
-        CODEPARROT_HOME=str(root / "home"),
-        # The same arithmetic in the deployment's trainer and the reference run.
-        OMP_NUM_THREADS="1",
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        PYTHONUNBUFFERED="1",
-    )
-    stack = ProcessStack(root, env)
-    live = Live(url=url, root=root, home=root / "home", stack=stack)
-    try:
-        stack.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", url.split(":")[-1].split("/")[0]])
-        wait_until(lambda: _healthy(url), timeout=240, interval=1, what=f"prefect server at {url} (log: {root}/server.log)")
-        stack.run([sys.executable, "deployments/setup.py", "--max-restarts", str(CAP), "--heartbeat-window", str(HEARTBEAT_WINDOW_S)])
+    # The same arithmetic in the deployment's trainer and the reference run.
+    with live_stack(root, CODEPARROT_HOME=str(root / "home"), OMP_NUM_THREADS="1") as live:
+        live.stack.run([sys.executable, "deployments/setup.py", "--max-restarts", str(CAP), "--heartbeat-window", str(HEARTBEAT_WINDOW_S)])
         live.deploy_output = live.prefect("deploy", "--prefect-file", str(PREFECT_YAML.relative_to(REPO)), "--all")
         live.start_worker("gpu-worker")
         yield live
-    finally:
-        # Block loads here emitted events to this server: flush them before it stops, or the events
-        # worker of this test process keeps retrying a dead server and slows every later test.
-        from prefect.events.worker import EventsWorker
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: url}):
-            EventsWorker.drain_all(timeout=15)
-        stack.stop_all()
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +70,7 @@ def reference(corpus: tuple[Path, Path], live: Live, tmp_path_factory: pytest.Te
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = live.stack.env["OMP_NUM_THREADS"]
     try:
-        cmd = accelerate_command(train_arguments(out / "train-config.json", str(data), str(tok), str(out)))
+        cmd = accelerate_command(train_arguments(out / "train-config.json", str(tok), str(out), data=str(data)))
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS")
@@ -211,7 +107,7 @@ def test_prefect_deploy_creates_the_deployments(live: Live) -> None:
         assert pools["gpu-k8s"].base_job_template == json.loads(K8S_TEMPLATE.read_text())
 
         deployments = {d.name: d for d in client.read_deployments(deployment_filter=DeploymentFilter())}
-        assert set(deployments) >= {"dataset-refresh", "tokenizer", "train-spot", "train-k8s"}
+        assert set(deployments) >= {"dataset-refresh", "tokenizer", "pretokenize", "train-spot", "train-k8s"}
         refresh = deployments["dataset-refresh"]
         assert refresh.work_pool_name == "cpu-pool"
         [schedule] = refresh.schedules
@@ -228,17 +124,17 @@ def test_prefect_deploy_creates_the_deployments(live: Live) -> None:
             assert automations.DEFAULT_TAG in train.tags
             assert train.job_variables["command"] == "prefect flow-run execute"
             assert train.job_variables["env"]["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"] == "reschedule"
-            # The UI renders `config` as a TrainConfig form; data and tokenizer are required fields.
+            # The UI renders `config` as a TrainConfig form; data and tokenizer default to the Hub heads.
             schema = train.parameter_openapi_schema
-            assert set(schema["required"]) == {"data", "tokenizer"}
+            assert schema["properties"]["data"]["default"] == "hf://datasets/codeparrot/codeparrot-clean"
+            assert train.parameters["checkpoint_root"] == "gs://codeparrot-artifacts/checkpoints"
             assert "TrainConfig" in json.dumps(schema["properties"]["config"])
             assert {"preset", "max_steps", "lr", "save_every"} <= set(schema["definitions"]["TrainConfig"]["properties"])
             # Pulled as written: CODEPARROT_SRC was set in the deploying shell and must not be baked in.
             assert str(REPO) not in json.dumps(train.pull_steps)
 
         names = {a.name: a for a in client.read_automations()}
-        assert names["tokenizer-after-dataset-refresh"].enabled
-        assert not names["train-after-tokenizer"].enabled
+        assert all(names[n].enabled for n in ("tokenizer-after-dataset-refresh", "pretokenize-after-tokenizer", "train-after-pretokenize"))
 
     # setup.py is idempotent: a rerun updates the pools and replaces the automations, never duplicates them.
     # With credentials in its environment it stores them as Secret blocks and names them in the variables.
@@ -309,7 +205,7 @@ def test_sigterm_reschedules_the_same_flow_run_which_resumes_byte_identical(live
     wait_until(lambda: _train_steps(root) >= 10, timeout=300, interval=0.05, what=f"training steps under {root}")
     # The run folder derives from the config and inputs, not the flow run: a resubmission finds it.
     run_dir = _run_dir(root)
-    assert run_dir == default_run_dir(TRAIN, data, tok, root)
+    assert run_dir == default_run_dir(TRAIN, local_identity(data), local_identity(tok), root)
     pid = int(live.flow_run(run_id).infrastructure_pid)
     flow_run_process = psutil.Process(pid)
     assert "flow-run" in flow_run_process.cmdline() and "execute" in flow_run_process.cmdline()
@@ -330,34 +226,4 @@ def test_sigterm_reschedules_the_same_flow_run_which_resumes_byte_identical(live
     [stop] = [e for e in events if e["event"] == "preempted"]
     assert signalled_at <= stop["step"] < TRAIN.max_steps
     assert [(e["resumed"], e["step"]) for e in events if e["event"] == "start"] == [(False, 0), (True, stop["step"])]
-    assert (run_dir / "final" / "model.safetensors").read_bytes() == reference
-
-
-def test_a_vanished_machine_is_crashed_by_the_heartbeat_automation_and_resumed(live: Live, corpus, reference: bytes, tmp_path: Path) -> None:
-    """No SIGTERM at all: the worker and everything under it die; a new worker resumes the same run."""
-    data, tok = corpus
-    root = tmp_path / "runs"
-    params = {"data": str(data), "tokenizer": str(tok), "config": TRAIN_PARAMS, "evaluate": False, "output_root": str(root)}
-    run_id = live.run_deployment("training/train-spot", params)
-
-    # Past the first periodic checkpoint (step 50): the resumed run must start at the last committed one.
-    wait_until(lambda: _train_steps(root) >= 60, timeout=300, interval=0.05, what=f"training steps under {root}")
-    run_dir = _run_dir(root)
-    assert run_dir == default_run_dir(TRAIN, data, tok, root)
-    assert live.stack.kill_tree("gpu-worker") >= 4, "worker, flow-run process, engine and trainer"
-    committed = max(e["step"] for e in _events(run_dir) if e["event"] == "checkpoint")
-    live.start_worker("replacement-worker")
-
-    run = live.wait_final(run_id, timeout=HEARTBEAT_WINDOW_S + 300)
-    names = live.state_names(run_id)
-    assert run.state.is_completed(), (names, run.state.message)
-    with live.client() as client:
-        messages = [s.message or "" for s in client.read_flow_run_states(run_id)]
-    assert any("No heartbeat" in m for m in messages), names
-    assert names[names.index("Crashed") + 1] == "AwaitingRetry", names
-    assert run.run_count == 2
-
-    events = _events(run_dir)
-    assert not [e for e in events if e["event"] == "preempted"], "a SIGKILL leaves no time to checkpoint"
-    assert [(e["resumed"], e["step"]) for e in events if e["event"] == "start"] == [(False, 0), (True, committed)]
     assert (run_dir / "final" / "model.safetensors").read_bytes() == reference

@@ -19,16 +19,18 @@ from prefect.server.events.schemas.events import ReceivedEvent
 from prefect.server.schemas.schedules import CronSchedule
 
 from codeparrot.evaluate.config import EvalConfig
+from codeparrot.tokens import PretokenizeConfig
 from codeparrot.train.config import TrainConfig
 from deployments import automations
-from tests.deployments.helpers import REPO, deployments_by_name, prefect_yaml
+from tasks import events
+from tests.deployments.helpers import REPO, SETUP_VARIABLES, deployments_by_name, prefect_yaml
 
 TRAINING = ("train-spot", "train-k8s")
 
 
-def test_the_four_deployments_point_at_existing_flows() -> None:
+def test_the_deployments_point_at_existing_flows() -> None:
     deployments = deployments_by_name()
-    assert set(deployments) == {"dataset-refresh", "tokenizer", *TRAINING}
+    assert set(deployments) == {"dataset-refresh", "tokenizer", "pretokenize", *TRAINING}
     for name, spec in deployments.items():
         path, _, func = spec["entrypoint"].partition(":")
         assert (REPO / path).is_file(), f"{name}: {path} does not exist"
@@ -66,13 +68,22 @@ def test_training_deployments_reschedule_on_sigterm_and_carry_the_resume_tag() -
 
 def test_deployment_parameters_are_valid_configs() -> None:
     """The defaults a UI form shows must validate, or every scheduled or triggered run fails at start."""
+    deployments = deployments_by_name(SETUP_VARIABLES)
     for name in TRAINING:
-        params = deployments_by_name()[name]["parameters"]
+        params = deployments[name]["parameters"]
         config = TrainConfig(**params["config"])
         assert config.preset == "small" and config.context_length == 1024, name
         assert config.peak_lr == 5e-4, f"{name}: CodeParrot-small's learning rate"
         assert config.tokens_per_step() == 12 * 16 * 1024, f"{name}: the book's 192-sequence step on one GPU"
         EvalConfig(**params.get("eval_config", {}))
+        # Checkpoints and token sets in the shared bucket: a replacement VM with an empty disk resumes.
+        assert params["checkpoint_root"] == "gs://codeparrot-artifacts/checkpoints", name
+        assert PretokenizeConfig(**params["pretokenize"]).root == "gs://codeparrot-artifacts/tokens", name
+    assert PretokenizeConfig(**deployments["pretokenize"]["parameters"]["cfg"]).root == "gs://codeparrot-artifacts/tokens"
+    # Every flow run of every deployment finds the Hub stand-in in the one place setup.py configured.
+    for name, spec in deployments.items():
+        if name != "train-k8s":
+            assert spec["work_pool"]["job_variables"]["env"]["CODEPARROT_HUB_ROOT"] == "gs://codeparrot-hub", name
 
 
 def test_pull_steps_change_into_the_workers_source_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,34 +113,45 @@ def test_pull_steps_change_into_the_workers_source_folder(tmp_path: Path, monkey
     assert Path(os.getcwd()) == REPO
 
 
-def _completed_event(deployment: str) -> ReceivedEvent:
+def _published(event: str, resource: str, *, new: bool) -> ReceivedEvent:
+    """An event as tasks/events.py emits it from inside a flow run."""
     return ReceivedEvent(
         id=uuid.uuid4(),
         occurred=datetime.now(UTC),
-        event="prefect.flow-run.Completed",
-        resource={"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"},
-        related=[
-            {"prefect.resource.id": f"prefect.deployment.{uuid.uuid4()}", "prefect.resource.role": "deployment",
-             "prefect.resource.name": deployment},
-        ],
+        event=event,
+        resource={"prefect.resource.id": resource, "codeparrot.new": "true" if new else "false"},
+        payload={},
     )
 
 
-def test_event_chain_tokenizer_after_refresh_and_training_after_tokenizer() -> None:
-    def trigger(name: str) -> tuple[DeploymentEventTrigger, ServerEventTrigger]:
-        [spec] = deployments_by_name()[name]["triggers"]
-        client_side = DeploymentEventTrigger.model_validate(spec)
-        fields = client_side.model_dump(mode="json", include=set(ServerEventTrigger.model_fields) - {"id"})
-        return client_side, ServerEventTrigger.model_validate(fields)
+def _trigger(name: str) -> tuple[DeploymentEventTrigger, ServerEventTrigger]:
+    [spec] = deployments_by_name()[name]["triggers"]
+    client_side = DeploymentEventTrigger.model_validate(spec)
+    fields = client_side.model_dump(mode="json", include=set(ServerEventTrigger.model_fields) - {"id"})
+    return client_side, ServerEventTrigger.model_validate(fields)
 
-    tokenizer, tokenizer_server = trigger("tokenizer")
-    assert tokenizer.enabled
-    assert tokenizer_server.covers(_completed_event("dataset-refresh"))
-    assert not tokenizer_server.covers(_completed_event("tokenizer"))
 
-    train, train_server = trigger("train-spot")
-    # Off until the pools share storage: the parameters name paths on the cpu-pool worker.
-    assert not train.enabled
-    assert train_server.covers(_completed_event("tokenizer"))
-    assert not train_server.covers(_completed_event("dataset-refresh"))
-    assert set(train.parameters) == {"data", "tokenizer"}
+@pytest.mark.parametrize(
+    ("deployment", "event", "resource", "payload"),
+    [
+        ("tokenizer", events.DATASET_PUBLISHED, "codeparrot.dataset.codeparrot/codeparrot-clean", {"data": "dataset"}),
+        ("pretokenize", events.TOKENIZER_PUBLISHED, "codeparrot.tokenizer.codeparrot/codeparrot-tokenizer",
+         {"dataset": "dataset", "tokenizer": "tokenizer"}),
+        ("train-spot", events.TOKENS_PUBLISHED, "codeparrot.tokens.abc-def",
+         {"data": "dataset", "tokenizer": "tokenizer", "tokens": "tokens"}),
+    ],
+)  # fmt: skip
+def test_the_event_chain_hands_each_stage_the_exact_references(deployment, event, resource, payload) -> None:
+    client_side, server_side = _trigger(deployment)
+    assert client_side.enabled
+    assert server_side.covers(_published(event, resource, new=True))
+    # An unchanged upstream (nothing new published) triggers nothing; neither does another stage's event.
+    assert not server_side.covers(_published(event, resource, new=False))
+    others = {events.DATASET_PUBLISHED, events.TOKENIZER_PUBLISHED, events.TOKENS_PUBLISHED} - {event}
+    assert not any(server_side.covers(_published(e, resource, new=True)) for e in others)
+    # Parameters come from the event's payload (the revisions published), not from whatever is head now.
+    assert client_side.parameters == {param: f"{{{{ event.payload.{key} }}}}" for param, key in payload.items()}
+
+
+def test_train_k8s_is_off_the_chain_so_one_model_is_trained_per_token_set() -> None:
+    assert "triggers" not in deployments_by_name()["train-k8s"]

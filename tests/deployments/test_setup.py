@@ -35,3 +35,11 @@ def test_report_says_when_nothing_secret_was_stored() -> None:
     assert any("no secret blocks" in line for line in lines)
     assert "variable codeparrot_hub_token_block = ''" in lines
     assert lines[-1] == "no automations applied"
+
+
+def test_default_shared_roots_are_the_codes_defaults() -> None:
+    from codeparrot.hub import DEFAULT_STANDIN_ROOT
+    from codeparrot.tokens import PretokenizeConfig
+
+    assert setup.DEFAULT_HUB_ROOT == DEFAULT_STANDIN_ROOT
+    assert PretokenizeConfig().root == f"{setup.DEFAULT_ARTIFACT_ROOT}/tokens"

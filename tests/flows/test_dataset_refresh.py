@@ -9,15 +9,20 @@ import datasets
 import pytest
 from google.cloud import storage
 
+from codeparrot.artifacts import Resolver
 from codeparrot.curate.config import CurateConfig
 from codeparrot.download import DownloadConfig
 from codeparrot.export import ExportConfig
 from codeparrot.hub import folder_hash
-from codeparrot.publish import PublishConfig
 from flows.dataset_refresh import dataset_refresh
 from tests.builders import SRC_PROJECT, load_source, python_source, task_run_states
 
-STAGES = ("export", "download", "curate-shard", "curate-finalize", "publish", "refresh-report")
+STAGES = ("export", "download", "curate-shard", "curate-finalize", "publish", "refresh-report", "announce")
+
+
+def local_copy(uri: str) -> Path:
+    """The dataset as any later stage reads it: resolved from the Hub stand-in (on the GCS emulator)."""
+    return Resolver.from_env().resolve(uri).path
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,9 @@ def test_refresh_publishes_a_loadable_dataset_whose_counts_reconcile(first_run):
     assert set(task_run_states(state)) == set(STAGES)
     assert all(s == ["Completed"] for name, s in task_run_states(state).items() if name != "curate-shard")
     result = state.result()
-    ds = datasets.load_dataset(result.path)
+    assert result.dataset == f"hf://datasets/codeparrot/codeparrot-clean@{result.revision}"
+    folder = local_copy(result.dataset)
+    ds = datasets.load_dataset(str(folder))
     assert ds["train"].num_rows + ds["valid"].num_rows == result.kept > 0
     stats = (Path(result.curated_dir) / "stats.json").read_text()
     import json
@@ -55,7 +62,7 @@ def test_refresh_publishes_a_loadable_dataset_whose_counts_reconcile(first_run):
     doc = json.loads(stats)
     assert doc["records_in"] == result.rows == doc["kept"] + sum(doc["dropped"].values())
     assert doc["dropped"]["license:gpl-3.0"] > 0 and doc["dropped"]["exact-dup"] > 0  # both filters did work
-    card = (Path(result.path) / "README.md").read_text()
+    card = (folder / "README.md").read_text()
     assert f"{result.rows} rows" in card and "| curate |" in card and "exact-dup" in card
 
 
@@ -64,8 +71,8 @@ def test_an_unchanged_rerun_is_all_cache_hits(first_run):
     second = dataset_refresh(**params, return_state=True)
     states = task_run_states(second)
     assert set(states) == set(STAGES)
-    assert all(set(s) == {"Cached"} for s in states.values()), states
-    assert second.result() == first.result()
+    assert all(set(s) == {"Cached"} for name, s in states.items() if name != "announce"), states
+    assert second.result().model_copy(update={"new": True}) == first.result()
 
 
 def test_changing_the_license_list_reruns_curation_and_publish_only(first_run):
@@ -100,12 +107,12 @@ def test_killing_gcs_mid_download_still_ends_with_the_identical_dataset(first_ru
     killer = threading.Thread(target=kill_and_restart)
     killer.start()
     other = {"export": params["export"], "download": DownloadConfig(cache_dir=tmp_path / "dl2")}
-    state = dataset_refresh(**other, publish=PublishConfig(local_hub=tmp_path / "hub2"), force_refresh=True, return_state=True)
+    state = dataset_refresh(**other, force_refresh=True, return_state=True)
     killer.join()
     assert restarted.is_set() and state.is_completed()
     result = state.result()
     assert result.revision == first.result().revision
-    assert folder_hash(Path(result.path)) == folder_hash(Path(first.result().path))
+    assert folder_hash(local_copy(result.dataset)) == folder_hash(local_copy(first.result().dataset))
 
 
 def _refresh_cli(home: Path) -> subprocess.Popen:
@@ -131,21 +138,20 @@ def test_two_refreshes_at_once_share_cache_and_hub_without_corruption(embedded_s
     procs = [_refresh_cli(tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
-    revisions = {line.split("@")[1].split()[0] for o in outputs for line in o.splitlines() if line.startswith("dataset:")}
-    assert len(revisions) == 1
-    repo = tmp_path / "hub" / "datasets" / "codeparrot" / "codeparrot-clean"
-    (rev,) = revisions
-    assert folder_hash(repo / "revisions" / rev)[:12] == rev
-    assert (repo / "main").resolve().name == rev
-    ds = datasets.load_dataset(str(repo / "main"))
+    uris = {line.split()[1] for o in outputs for line in o.splitlines() if line.startswith("dataset:")}
+    assert len(uris) == 1
+    (uri,) = uris
+    folder = local_copy(uri)
+    assert folder_hash(folder)[:12] == uri.rsplit("@", 1)[1]
+    assert Resolver.from_env().pin(uri.split("@")[0]) == Resolver.from_env().pin(uri), "the head is that revision"
+    ds = datasets.load_dataset(str(folder))
     assert ds["train"].num_rows > 0 and ds["valid"].num_rows > 0
 
 
 @pytest.mark.slow
 def test_curation_on_a_local_dask_cluster_gives_the_same_dataset(first_run, tmp_path):
     params, first = first_run
-    state = dataset_refresh(**params, dask_address="local", publish=PublishConfig(local_hub=tmp_path / "hub"),
-                            force_refresh=True, return_state=True)  # fmt: skip
+    state = dataset_refresh(**params, dask_address="local", force_refresh=True, return_state=True)
     assert state.is_completed()
     assert set(task_run_states(state)["curate-shard"]) == {"Completed"}
     assert state.result().revision == first.result().revision

@@ -1,22 +1,29 @@
 from pathlib import Path
 
-from codeparrot.env import home
+from codeparrot.artifacts import Resolver
+from codeparrot.hub import StandIn
+from codeparrot.storage import LocalStore
 from codeparrot.tokenizer import TokenizerConfig
 from flows.tokenizer import tokenizer_flow
 from tests.builders import task_run_states, tiny_dataset
 
 
-def test_tokenizer_flow_trains_pushes_locally_and_caches_on_the_dataset_revision(prefect_harness, tmp_path):
-    data = tiny_dataset(tmp_path / "data", limit=80)
+def test_tokenizer_flow_trains_on_a_pinned_revision_publishes_and_caches(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.setenv("CODEPARROT_HUB_ROOT", str(tmp_path / "hub"))  # a stand-in on a local disk
+    hub = StandIn(LocalStore(tmp_path / "hub"))
+    dataset = hub.push(tiny_dataset(tmp_path / "data", limit=80), "dataset", "me/data")
     cfg = TokenizerConfig(vocab_size=500, baseline_vocab_size=300, name="me/tok")
-    first = tokenizer_flow(data=str(data), cfg=cfg, return_state=True)
+    # The head, unpinned: the flow pins it and says which revision it trained on.
+    first = tokenizer_flow(data="hf://datasets/me/data", cfg=cfg, return_state=True)
     assert first.is_completed()
     result = first.result()
-    assert Path(result.path, "tokenizer.json").exists() and result.round_trip_ok
-    assert task_run_states(first) == {"tokenizer": ["Completed"], "push-tokenizer": ["Completed"]}
-    pushed = home() / "hub" / "models" / "me" / "tok" / "main"
+    assert result.dataset == dataset.uri and result.round_trip_ok and result.new
+    assert result.uri == f"hf://me/tok@{hub.head('model', 'me/tok')}"
+    assert task_run_states(first) == {"tokenizer": ["Completed"], "push-tokenizer": ["Completed"], "announce": ["Completed"]}
+    pushed = Resolver(hub, tmp_path / "cache").resolve(result.uri).path
     assert (pushed / "tokenizer.json").read_bytes() == Path(result.path, "tokenizer.json").read_bytes()
+    assert not (pushed / ".complete").exists(), "the completion marker stays with the local build"
 
-    second = tokenizer_flow(data=str(data), cfg=cfg, return_state=True)
+    second = tokenizer_flow(data=dataset.uri, cfg=cfg, return_state=True)
     assert task_run_states(second)["tokenizer"] == ["Cached"]
-    assert second.result().tokenizer_hash() == result.tokenizer_hash()
+    assert second.result().uri == result.uri and not second.result().new

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from codeparrot.tokens import PretokenizeConfig
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.sample import train_sample_tokenizer, write_sample_dataset
 from flows.training import training
@@ -38,6 +39,7 @@ def _preempt_child_when(out: Path, step: int, done: threading.Event, hit: list[i
 @pytest.mark.slow
 def test_flow_completes_through_a_task_retry_after_sigterm(prefect_harness, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CODEPARROT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CODEPARROT_HUB_ROOT", str(tmp_path / "hub"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     data = write_sample_dataset(tmp_path / "data", n_files=120)
     tok = train_sample_tokenizer(data, tmp_path / "tok", vocab_size=512)
@@ -48,14 +50,20 @@ def test_flow_completes_through_a_task_retry_after_sigterm(prefect_harness, tmp_
     watcher = threading.Thread(target=_preempt_child_when, args=(out, 8, done, hit), daemon=True)
     watcher.start()
     try:
-        state = training(str(data), str(tok), config=config, output=str(out), evaluate=False, return_state=True)
+        state = training(str(data), str(tok), config=config, pretokenize=PretokenizeConfig(root=str(tmp_path / "tokens")),
+                         output=str(out), evaluate=False, return_state=True)  # fmt: skip
     finally:
         done.set()
         watcher.join()
     assert hit and hit[0] >= 1, "the training child was never signalled"
     assert state.is_completed(), state.message
-    assert state.result().model_dir == str(out / "final")
+    result = state.result()
+    assert result.model_dir == str(out / "final")
     assert (out / "final" / "model.safetensors").is_file()
+    # Published with its card; the resume is part of the lineage.
+    assert result.model is not None and result.model.startswith("hf://codeparrot/codeparrot-tiny@")
+    card = (tmp_path / "hub" / "models" / "codeparrot" / "codeparrot-tiny" / "revisions" / result.model.rsplit("@", 1)[1] / "README.md").read_text()
+    assert "| resumed | yes, at steps" in card and result.resumed_at and result.tokens.startswith(str(tmp_path / "tokens"))
 
     events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stop = [e for e in events if e["event"] == "preempted"]
@@ -73,6 +81,7 @@ def test_flow_completes_through_a_task_retry_after_sigterm(prefect_harness, tmp_
             runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
             )
+            runs = [r for r in runs if r.name.startswith("train-")]
             if (runs and runs[0].state.is_completed()) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

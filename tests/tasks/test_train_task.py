@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
+from codeparrot.artifacts import local_identity
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.errors import TrainingFailed
 from codeparrot.train.identity import default_run_dir
@@ -64,7 +65,7 @@ def test_task_trains_into_the_hashed_run_dir_and_reports_artifacts(prefect_harne
     state = _train_once(CONFIG, str(data), str(tok), str(tmp_path / "runs"), return_state=True)
     assert state.is_completed(), state.message
     final = state.result()
-    assert final == str(default_run_dir(CONFIG, data, tok, tmp_path / "runs") / "final")
+    assert final == str(default_run_dir(CONFIG, local_identity(data), local_identity(tok), tmp_path / "runs") / "final")
     assert (Path(final) / "model.safetensors").is_file()
     [run] = _task_runs(state)
     assert run.run_count == 1
