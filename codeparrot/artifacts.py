@@ -50,6 +50,8 @@ Scheme = Literal["hf", "gs", "local"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Revisions: commit ids, stand-in content hashes, branch or tag names without slashes.
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Hub commit ids (40 hex) and stand-in revisions (12 hex) never move; branch names like "main" do.
+_COMMIT = re.compile(r"^[0-9a-f]{12}$|^[0-9a-f]{40}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
 FORMS = "hf://datasets/OWNER/NAME[@REV], hf://OWNER/NAME[@REV], gs://BUCKET/PREFIX, or a local path"
@@ -195,6 +197,12 @@ class Resolver:
     # -- resolving ----------------------------------------------------------------------------------
     def resolve(self, ref: str | os.PathLike[str] | ArtifactRef) -> Resolved:
         """A local read-only copy of the artifact (fetched once per machine); an error naming `ref` if unreadable."""
+        ref = ArtifactRef.parse(ref)
+        if ref.scheme == "hf" and ref.revision and _COMMIT.match(ref.revision):
+            # A commit id names one content for ever: a verified copy needs no Hub (a resume survives its outage).
+            folder = self.cache_root / "hf" / f"{ref.kind}s" / ref.repo / ref.revision
+            if verify(folder) is None:
+                return Resolved(ref, folder, ref.revision)
         ref = self.pin(ref)
         if ref.scheme == "local":
             path = _existing(ref)
@@ -236,8 +244,10 @@ class Resolver:
             if target.stat().st_size != size:
                 raise DataError(f"{store.describe(key)} changed while it was being fetched ({target.stat().st_size} bytes, listed {size})")
 
+        from tqdm.auto import tqdm
+
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(one, objects))
+            list(tqdm(pool.map(one, objects), total=len(objects), unit="file", desc=f"fetch {ref}", disable=None))
 
 
 def _existing(ref: ArtifactRef) -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from tqdm.auto import tqdm
 
 from codeparrot.artifacts import ArtifactRef
 from codeparrot.errors import ConfigError, DataError, PermanentServiceError, ServiceError
@@ -215,7 +216,8 @@ class StandIn(Hub):
         files = self._files(ref)
         base = join(self._repo_key(ref.kind, ref.repo), "revisions", str(ref.revision))
         with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-            list(pool.map(lambda rel: self.store.download(join(base, rel), dest / rel), files))
+            done = pool.map(lambda rel: self.store.download(join(base, rel), dest / rel), files)
+            list(tqdm(done, total=len(files), unit="file", desc=f"fetch {ref}", disable=None))
         return {rel: meta["sha256"] for rel, meta in files.items()}
 
     def local_folder(self, ref: ArtifactRef) -> Path | None:
@@ -241,7 +243,8 @@ class StandIn(Hub):
         if not self.store.exists(record_key):
             base = join(repo_key, "revisions", revision)
             with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-                list(pool.map(lambda rel: self.store.upload(join(base, rel), folder / rel), files))
+                done = pool.map(lambda rel: self.store.upload(join(base, rel), folder / rel), files)
+                list(tqdm(done, total=len(files), unit="file", desc=f"push {repo}", disable=None))
             record = {"revision": revision, "content_sha256": content_hash, "files": files, "time": _now()}
             try:  # the record last: only now does the revision exist
                 self.store.write(record_key, json.dumps(record, indent=1, sort_keys=True).encode(), if_generation=ABSENT)

@@ -23,7 +23,7 @@ from codeparrot.export import ExportConfig
 from codeparrot.publish import PublishConfig
 from codeparrot.services import ensure_services
 from flows._local import local_run
-from tasks.curate import curate_shards, dask_runner
+from tasks.curate import curate_shards, on_dask
 from tasks.download import download_stage
 from tasks.events import DATASET_PUBLISHED, announce
 from tasks.export import export_stage
@@ -93,8 +93,7 @@ def dataset_refresh(
         exported = export_stage(export, gcp, force=force_refresh)
         local = download_stage(exported, download, gcp, force=force_refresh)
         if dask_address:
-            runner = dask_runner(None if dask_address == "local" else dask_address)
-            curated = curation.with_options(task_runner=runner)(local, curate, curate_workers, force_refresh)
+            curated = on_dask(curation, dask_address, local, curate, curate_workers, force_refresh)
         else:
             curated = curate_downloaded(local, curate, curate_workers, force_refresh)
         published = publish_stage(curated, publish, provenance(exported, local, curated, curate), hub_token_block, force=force_refresh)

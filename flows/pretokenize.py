@@ -16,7 +16,7 @@ from codeparrot.services import ensure_storage
 from codeparrot.storage import open_store
 from codeparrot.tokens import PretokenizeConfig, read_manifest, token_set_key
 from flows._local import local_run
-from tasks.curate import dask_runner
+from tasks.curate import on_dask
 from tasks.events import TOKENS_PUBLISHED, announce
 from tasks.hub import resolver
 from tasks.pretokenize import commit_task, plan_task, tokenize_shard_task
@@ -50,11 +50,8 @@ def build_tokens(dataset: str, tokenizer: str, cfg: PretokenizeConfig, hub_token
             unmapped(hub_token_block),
         ).result()  # fmt: skip
         manifest, new = commit_task(str(data_ref), str(tok_ref), shards, store.uri, hub_token_block), True
-    result = TokensResult(tokens=store.uri, dataset=manifest.dataset, tokenizer=manifest.tokenizer,
-                          train_tokens=manifest.tokens("train"), valid_tokens=manifest.tokens("valid"), new=new)  # fmt: skip
-    announce(TOKENS_PUBLISHED, f"codeparrot.tokens.{key}",
-             {"tokens": result.tokens, "dataset": result.dataset, "tokenizer": result.tokenizer}, new=new)  # fmt: skip
-    return result
+    return TokensResult(tokens=store.uri, dataset=manifest.dataset, tokenizer=manifest.tokenizer,
+                        train_tokens=manifest.tokens("train"), valid_tokens=manifest.tokens("valid"), new=new)  # fmt: skip
 
 
 @flow(name="pretokenize", description="Token shards of a dataset revision with a tokenizer revision, for training.")
@@ -76,9 +73,13 @@ def pretokenize_flow(
     """
     with ensure_storage(dataset, tokenizer, cfg.root):
         if dask_address:
-            runner = dask_runner(None if dask_address == "local" else dask_address)
-            return _on_dask.with_options(task_runner=runner)(dataset, tokenizer, cfg, hub_token_block)
-        return build_tokens(dataset, tokenizer, cfg, hub_token_block)
+            result = on_dask(_on_dask, dask_address, dataset, tokenizer, cfg, hub_token_block)
+        else:
+            result = build_tokens(dataset, tokenizer, cfg, hub_token_block)
+        # Only this flow announces: a training run that builds its own token set must not trigger another.
+        announce(TOKENS_PUBLISHED, f"codeparrot.tokens.{result.tokens.rstrip('/').rsplit('/', 1)[-1]}",
+                 {"tokens": result.tokens, "dataset": result.dataset, "tokenizer": result.tokenizer}, new=result.new)  # fmt: skip
+    return result
 
 
 @flow(name="pretokenize-shards")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from codeparrot.artifacts import ArtifactRef, Resolver, marker_of
-from codeparrot.errors import ConfigError, DataError
+from codeparrot.errors import ConfigError, DataError, ServiceError
 from codeparrot.hub import HubAPI, StandIn, folder_hash
 from codeparrot.storage import GCSStore, LocalStore
 
@@ -107,6 +107,15 @@ def test_a_stand_in_on_gcs_resolves_once_per_machine_and_pins_the_head(embedded_
     # Another machine: an empty cache, the same bucket.
     elsewhere = Resolver(StandIn(GCSStore("gs://artifact-tests/hub")), tmp_path / "other-vm")
     assert folder_hash(elsewhere.resolve(pushed.uri).path) == folder_hash(dataset)
+
+    # With the Hub down, a pinned revision already on this machine still resolves; the head cannot.
+    def down(ref):
+        raise ServiceError(f"{ref}: the stand-in is unreachable")
+
+    monkeypatch.setattr(hub, "resolve", down)
+    assert resolver.resolve(pushed.uri).path == head.path
+    with pytest.raises(ServiceError, match="unreachable"):
+        resolver.resolve("hf://datasets/me/data")
 
 
 def test_a_damaged_or_half_downloaded_cache_entry_is_fetched_again(embedded_services, dataset, tmp_path, monkeypatch, caplog) -> None:

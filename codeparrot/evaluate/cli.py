@@ -18,7 +18,18 @@ def _default(name: str) -> Any:
     return _F[name].default
 
 
-model_argument = click.argument("model", type=click.Path(file_okay=False, path_type=Path))
+model_argument = click.argument("model")
+
+
+def local_copy(ref: str) -> tuple[Path, bool]:
+    """A local folder for MODEL or DATA given as a folder or a reference (hf://OWNER/NAME@REV, gs://...);
+    and whether it is the user's own folder (True) or a read-only copy fetched for it (False)."""
+    from codeparrot.artifacts import ArtifactRef
+    from codeparrot.services import ensure_storage
+
+    with ensure_storage(ref) as resolver:
+        return resolver.resolve(ref).path, ArtifactRef.parse(ref).scheme == "local"
+
 device_option = click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 dtype_option = click.option(
     "--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
@@ -28,8 +39,8 @@ dtype_option = click.option(
 
 @click.command()
 @model_argument
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Published dataset folder (data/valid-*.parquet).")
+@click.option("--data", "data_dir", required=True,
+              help="Dataset or token set: hf://datasets/OWNER/NAME[@REV], gs://..., or a folder.")
 @click.option("--batch-size", default=_default("perplexity_batch_size"), show_default=True, help="Blocks per forward pass.")
 @click.option("--max-blocks", type=int, default=None, help="Evaluate at most this many blocks (default: all).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -39,15 +50,15 @@ dtype_option = click.option(
 @device_option
 @dtype_option
 def perplexity(
-    model: Path, data_dir: Path, batch_size: int, max_blocks: int | None, cache_dir: Path | None,
+    model: str, data_dir: str, batch_size: int, max_blocks: int | None, cache_dir: Path | None,
     json_path: Path | None, device: str | None, dtype: str,
 ) -> None:
-    """Mean loss and perplexity of MODEL on the valid split, packed as in training."""
+    """Mean loss and perplexity of MODEL (a folder or hf://OWNER/NAME[@REV]) on the valid split, packed as in training."""
     from codeparrot.evaluate.perplexity import run_perplexity
 
     cfg = build_config(perplexity_batch_size=batch_size, max_perplexity_blocks=max_blocks, device=device, dtype=dtype)
     result = run_perplexity(
-        model, data_dir, batch_size=cfg.perplexity_batch_size, max_blocks=cfg.max_perplexity_blocks,
+        local_copy(model)[0], local_copy(data_dir)[0], batch_size=cfg.perplexity_batch_size, max_blocks=cfg.max_perplexity_blocks,
         device=cfg.device, dtype=cfg.dtype, cache_dir=cache_dir,
     )
     click.echo(
@@ -76,11 +87,12 @@ def perplexity(
 @device_option
 @dtype_option
 def humaneval(
-    model: Path, n_samples: int, temperature: float, top_p: float, max_new_tokens: int, limit: int | None,
+    model: str, n_samples: int, temperature: float, top_p: float, max_new_tokens: int, limit: int | None,
     batch_size: int, seed: int, timeout_s: float, memory_mb: int, workers: int | None, out_dir: Path | None,
     device: str | None, dtype: str,
 ) -> None:
     """HumanEval pass@k of MODEL, each program run in a sandbox; writes samples, summary and a table."""
+    from codeparrot.env import home
     from codeparrot.evaluate.humaneval import TABLE, default_out_dir, run_humaneval
     from codeparrot.evaluate.model import check_model_dir, model_identity
 
@@ -89,8 +101,11 @@ def humaneval(
         max_new_tokens=max_new_tokens, limit=limit, batch_size=batch_size, seed=seed, workers=workers,
         device=device, dtype=dtype, sandbox=build_limits(timeout_s=timeout_s, memory_mb=memory_mb),
     )
-    folder = check_model_dir(model)
+    path, own = local_copy(model)
+    folder = check_model_dir(path)
     out = out_dir or default_out_dir(folder, cfg, model_identity(folder))
+    if not own and out_dir is None:  # never write into a fetched read-only copy
+        out = home() / "eval" / out.name
     summary = run_humaneval(folder, cfg, out_dir=out)
     click.echo((out / TABLE).read_text(), nl=False)
     gen = summary["generation"]
@@ -109,7 +124,7 @@ def humaneval(
 @click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass.")
 @device_option
 def generate(
-    model: Path, prompt: str, n: int, max_new_tokens: int, seed: int, temperature: float, top_p: float,
+    model: str, prompt: str, n: int, max_new_tokens: int, seed: int, temperature: float, top_p: float,
     device: str | None,
 ) -> None:
     """Print N completions of PROMPT, each cut at its first block (the seed's interactive check)."""
@@ -120,7 +135,7 @@ def generate(
         run_perplexity=False, n_samples=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         seed=seed, device=device,
     )
-    lm, tokenizer = load_model(model, device=cfg.device)
+    lm, tokenizer = load_model(local_copy(model)[0], device=cfg.device)
     completions = complete(
         lm, tokenizer, prompt, n=cfg.n_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
         temperature=cfg.temperature, top_p=cfg.top_p,

@@ -206,20 +206,6 @@ class Live:
         return wait_until(final, timeout=timeout, interval=1, what=f"flow run {run_id} to finish; states {self.state_names(run_id)}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @contextmanager
 def live_stack(root: Path, **env_extra: str) -> Iterator[Live]:
     """A real `prefect server` (SQLite) under `root`, its URL in the children's environment; stopped after."""

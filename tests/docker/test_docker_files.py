@@ -62,7 +62,10 @@ def test_runs_as_a_non_root_user_without_baked_secrets(path):
 def test_compose_runs_server_worker_and_emulators_from_existing_files():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"prefect-server", "cpu-worker", "emulators"} <= set(services)
+    assert {"prefect-server", "cpu-worker", "gpu-worker", "emulators"} <= set(services)
+    # The two pools share the API and the bucket, never a disk.
+    assert set(services["cpu-worker"]["volumes"]).isdisjoint(services["gpu-worker"]["volumes"])
+    assert "CODEPARROT_BIGQUERY_ENDPOINT" not in services["gpu-worker"]["environment"]
     for svc in services.values():
         build = svc.get("build")
         if build:

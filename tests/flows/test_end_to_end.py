@@ -9,7 +9,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-ENDPOINT_VARS = ("CODEPARROT_BIGQUERY_ENDPOINT", "STORAGE_EMULATOR_HOST", "CODEPARROT_GCP_PROJECT", "CODEPARROT_HUB_ROOT")
+# What an earlier test may have left in this process (endpoints, thread caps) is not a new user's shell.
+ENDPOINT_VARS = ("CODEPARROT_BIGQUERY_ENDPOINT", "STORAGE_EMULATOR_HOST", "CODEPARROT_GCP_PROJECT", "CODEPARROT_HUB_ROOT",
+                 "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _fetch(uri: str, env: dict[str, str]) -> Path:

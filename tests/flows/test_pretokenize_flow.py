@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from codeparrot.hub import StandIn
 from codeparrot.publish import PublishConfig, build_dataset
 from codeparrot.storage import LocalStore
@@ -34,3 +36,18 @@ def test_pretokenize_maps_the_shards_commits_once_and_a_rerun_finds_the_set(pref
     second = pretokenize_flow(dataset=dataset.uri, tokenizer=tokenizer.uri, cfg=cfg, return_state=True)
     assert second.result().tokens == result.tokens and not second.result().new
     assert set(task_run_states(second)) == {"announce"}, "a committed set costs one read"
+
+
+@pytest.mark.slow
+def test_pretokenize_on_a_local_dask_cluster_builds_the_same_token_set(prefect_harness, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CODEPARROT_HUB_ROOT", str(tmp_path / "hub"))  # before the cluster starts: its workers inherit it
+    hub = StandIn(LocalStore(tmp_path / "hub"))
+    build_dataset(stdlib_records(120), tmp_path / "ds", PublishConfig(valid_fraction=0.2, max_shard_mib=0.3))
+    dataset = hub.push(tmp_path / "ds", "dataset", "me/data")
+    tokenizer = hub.push(train_sample_tokenizer(tmp_path / "ds", tmp_path / "tok", vocab_size=400), "model", "me/tok")
+    threaded = pretokenize_flow(dataset=dataset.uri, tokenizer=tokenizer.uri, cfg=PretokenizeConfig(root=str(tmp_path / "a")))
+    on_dask = pretokenize_flow(dataset=dataset.uri, tokenizer=tokenizer.uri, cfg=PretokenizeConfig(root=str(tmp_path / "b")),
+                               dask_address="local")  # fmt: skip
+    a, _ = open_token_set(threaded.tokens)
+    b, _ = open_token_set(on_dask.tokens)
+    assert on_dask.new and [s.sha256 for s in b.shards] == [s.sha256 for s in a.shards] and len(a.shards) >= 3

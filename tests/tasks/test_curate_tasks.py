@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -40,16 +41,20 @@ def write_corpus(folder: Path) -> list[Path]:
 def test_mapped_tasks_on_a_local_dask_cluster_match_the_local_driver(prefect_harness: Path, tmp_path: Path) -> None:
     from prefect import flow
 
-    from tasks.curate import curate_shards, dask_runner
+    from tasks.curate import _NANNY_ENVIRON, curate_shards, on_dask
 
     shards = write_corpus(tmp_path / "in")
     cfg = CurateConfig()
 
-    @flow(task_runner=dask_runner(n_workers=2))
+    @flow
     def curate_flow(paths: list[Path], work: Path, out: Path) -> dict:
         return curate_shards(paths, cfg, work, out, workers=2).model_dump()
 
-    got = curate_flow(shards, tmp_path / "work", tmp_path / "flow")
+    before = {k: os.environ.get(k) for k in _NANNY_ENVIRON}
+    got = on_dask(curate_flow, "local", shards, tmp_path / "work", tmp_path / "flow")
+    # Dask's nanny sets OMP_NUM_THREADS=1 (and more) in the process that starts it; a trainer launched
+    # from this process afterwards would inherit one thread. on_dask puts the environment back.
+    assert {k: os.environ.get(k) for k in _NANNY_ENVIRON} == before
     want = curate(tmp_path / "in", tmp_path / "local", cfg, workers=1)
     assert got["content_hash"] == want.content_hash
     assert {k: v for k, v in got.items() if k != "out_dir"} == want.model_dump(exclude={"out_dir"})

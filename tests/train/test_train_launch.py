@@ -45,7 +45,7 @@ def test_sigterm_to_the_supervisor_reaches_the_trainer_through_accelerate(corpus
     )
     config_file = out / "train-config.json"
     config_file.write_text(config.model_dump_json())
-    cmd = accelerate_command(train_arguments(config_file, str(corpus.data), str(corpus.tokenizer), str(out)))
+    cmd = accelerate_command(train_arguments(config_file, str(corpus.tokenizer), str(out), data=str(corpus.data)))
     received: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     sent: list[int] = []
