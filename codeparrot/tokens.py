@@ -47,11 +47,12 @@ class PretokenizeConfig(StageConfig):
         "gs://codeparrot-artifacts/tokens",
         description="gs://BUCKET/PREFIX or a local folder; each token set goes under <dataset>-<tokenizer>/.",
     )
-    # encode_batch over 256 files at a time keeps memory at a few MB per worker thread.
+    # encode_batch over 256 files at a time keeps memory at a few MB per thread.
     batch_size: int = Field(256, ge=1, description="Files tokenized per batch.")
-    workers: int = Field(2, ge=1, le=64, description="Shards tokenized at once on one machine (threads).")
+    # The tokenizer releases the GIL, so threads use the cores even for a dataset of one big shard.
+    threads: int = Field(2, ge=1, le=64, description="Threads tokenizing the row groups of one shard.")
 
-    volatile_fields: ClassVar[frozenset[str]] = frozenset({"root", "batch_size", "workers"})
+    volatile_fields: ClassVar[frozenset[str]] = frozenset({"root", "batch_size", "threads"})
 
 
 class TokenShard(BaseModel):
@@ -112,23 +113,38 @@ def plan(dataset_dir: Path) -> list[ShardJob]:
     ]
 
 
-def tokenize_shard(dataset_dir: Path, job: ShardJob, tokenizer: Any, out: Path, *, batch_size: int = 256) -> TokenShard:
-    """Tokenize one Parquet shard into `out` (each file's ids, then EOS); its manifest entry."""
+def tokenize_shard(
+    dataset_dir: Path, job: ShardJob, tokenizer: Any, out: Path, *, batch_size: int = 256, threads: int = 1
+) -> TokenShard:
+    """Tokenize one Parquet shard into `out` (each file's ids, then EOS); its manifest entry.
+
+    Row groups are tokenized `threads` at a time and written in their order, so the bytes do not depend
+    on the thread count and at most `threads` row groups of tokens are held at once.
+    """
     backend = tokenizer.backend_tokenizer
     source = dataset_dir / job.source
+
+    def encode(group: int) -> list[list[int]]:
+        parquet = pq.ParquetFile(source)  # one reader per call: threads do not share a file handle
+        ids: list[list[int]] = []
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=[TEXT_COLUMN], row_groups=[group]):
+            # The backend tokenizer directly: no special tokens, no "longer than model_max_length" warnings.
+            ids += [enc.ids for enc in backend.encode_batch_fast(batch.column(0).to_pylist(), add_special_tokens=False)]
+        return ids
+
     files = 0
 
-    def batches() -> Iterator[list[list[int]]]:
+    def in_order() -> Iterator[list[list[int]]]:
         nonlocal files
-        parquet = pq.ParquetFile(source)
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=[TEXT_COLUMN]):
-            texts = batch.column(0).to_pylist()
-            files += len(texts)
-            # The backend tokenizer directly: no special tokens, no "longer than model_max_length" warnings.
-            yield [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        groups = pq.ParquetFile(source).num_row_groups
+        with ThreadPoolExecutor(threads) as pool:
+            for start in range(0, groups, threads):
+                for ids in pool.map(encode, range(start, min(start + threads, groups))):
+                    files += len(ids)
+                    yield ids
 
     try:
-        count = write_tokens(batches(), out, eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer))
+        count = write_tokens(in_order(), out, eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot tokenize {source}: {exc}") from exc
     return TokenShard(split=job.split, index=job.index, name=job.name, source=job.source, files=files,
@@ -168,19 +184,22 @@ def manifest_for(
     )  # fmt: skip
 
 
-def tokenize_and_upload(dataset_dir: Path, job: ShardJob, tokenizer: Any, store: Store, *, batch_size: int = 256) -> TokenShard:
+def tokenize_and_upload(
+    dataset_dir: Path, job: ShardJob, tokenizer: Any, store: Store, *, batch_size: int = 256, threads: int = 1
+) -> TokenShard:
     """One shard: tokenize into a temp file, upload it under its name, return its manifest entry."""
     with tempfile.TemporaryDirectory(prefix="tokens-") as tmp:
-        shard = tokenize_shard(dataset_dir, job, tokenizer, Path(tmp) / job.name, batch_size=batch_size)
+        shard = tokenize_shard(dataset_dir, job, tokenizer, Path(tmp) / job.name, batch_size=batch_size, threads=threads)
         store.upload(job.name, Path(tmp) / job.name)
     log.info("%s: %d files -> %d tokens (%s)", job.source, shard.files, shard.tokens, store.describe(job.name))
     return shard
 
 
 def build_token_set(
-    dataset: Resolved, tokenizer: Resolved, store: Store, *, batch_size: int = 256, workers: int = 1
+    dataset: Resolved, tokenizer: Resolved, store: Store, *, batch_size: int = 256, threads: int = 2
 ) -> TokenSet:
-    """Tokenize every shard of a resolved dataset (`workers` at a time) into `store`; reuse a committed set."""
+    """Tokenize every shard of a resolved dataset (shard after shard, `threads` each) into `store`; reuse a
+    committed set."""
     from codeparrot.publish import dataset_lineage
     from codeparrot.train.data import load_tokenizer
 
@@ -189,8 +208,7 @@ def build_token_set(
         return done
     tok = load_tokenizer(tokenizer.path)
     jobs = plan(dataset.path)
-    with ThreadPoolExecutor(workers) as pool:
-        shards = list(pool.map(lambda j: tokenize_and_upload(dataset.path, j, tok, store, batch_size=batch_size), jobs))
+    shards = [tokenize_and_upload(dataset.path, j, tok, store, batch_size=batch_size, threads=threads) for j in jobs]
     return commit(store, manifest_for(dataset, tokenizer, tok, shards, dataset_lineage(dataset.path)))
 
 

@@ -46,7 +46,7 @@ def build_tokens(dataset: str, tokenizer: str, cfg: PretokenizeConfig, hub_token
     if manifest is None:
         jobs = plan_task(str(data_ref), hub_token_block)
         shards = tokenize_shard_task.map(
-            unmapped(str(data_ref)), unmapped(str(tok_ref)), jobs, unmapped(store.uri), unmapped(cfg.batch_size),
+            unmapped(str(data_ref)), unmapped(str(tok_ref)), jobs, unmapped(store.uri), unmapped(cfg),
             unmapped(hub_token_block),
         ).result()  # fmt: skip
         manifest, new = commit_task(str(data_ref), str(tok_ref), shards, store.uri, hub_token_block), True

@@ -7,7 +7,16 @@ from prefect.cache_policies import NO_CACHE
 
 from codeparrot.publish import dataset_lineage
 from codeparrot.storage import open_store
-from codeparrot.tokens import ShardJob, TokenSet, TokenShard, commit, manifest_for, plan, tokenize_and_upload
+from codeparrot.tokens import (
+    PretokenizeConfig,
+    ShardJob,
+    TokenSet,
+    TokenShard,
+    commit,
+    manifest_for,
+    plan,
+    tokenize_and_upload,
+)
 from codeparrot.train.data import load_tokenizer
 from tasks._common import io_task_options
 from tasks.hub import resolver
@@ -27,12 +36,13 @@ def plan_task(dataset: str, hub_token_block: str | None = None) -> list[ShardJob
 
 @task(name="tokenize-shard", **_OPTIONS)
 def tokenize_shard_task(
-    dataset: str, tokenizer: str, job: ShardJob, store_uri: str, batch_size: int, hub_token_block: str | None = None
+    dataset: str, tokenizer: str, job: ShardJob, store_uri: str, cfg: PretokenizeConfig, hub_token_block: str | None = None
 ) -> TokenShard:
     """Tokenize one shard and upload it to the token set's store (on whichever worker runs it)."""
     res = resolver(hub_token_block)
     data, tok = res.resolve(dataset), res.resolve(tokenizer)
-    return tokenize_and_upload(data.path, job, load_tokenizer(tok.path), open_store(store_uri), batch_size=batch_size)
+    return tokenize_and_upload(data.path, job, load_tokenizer(tok.path), open_store(store_uri),
+                               batch_size=cfg.batch_size, threads=cfg.threads)  # fmt: skip
 
 
 @task(name="commit-token-set", **_OPTIONS)

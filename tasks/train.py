@@ -26,7 +26,13 @@ from codeparrot.model_card import publish_model
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.errors import Preempted, TrainingFailed
 from codeparrot.train.identity import checkpoint_uri, default_run_dir
-from codeparrot.train.launch import MetricsTail, accelerate_command, supervise, train_arguments
+from codeparrot.train.launch import (
+    MetricsTail,
+    accelerate_command,
+    supervise,
+    train_arguments,
+    trainer_environment,
+)
 from tasks._common import io_task_options
 from tasks.hub import hub_token, resolver
 
@@ -89,7 +95,7 @@ def train_model(
     logger.info("launching %s (checkpoints: %s)", " ".join(cmd), config.checkpoint_dir or out / "checkpoints")
     # The trainer resolves the references itself; a token from a Secret block reaches it like HF_TOKEN would.
     token = hub_token(hub_token_block) if hub_token_block else None
-    env = {**os.environ, "HF_TOKEN": token} if token else None
+    env = trainer_environment({"HF_TOKEN": token} if token else None)
     progress = create_progress_artifact(0.0, description=f"training {out}")
 
     def on_event(event: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from codeparrot.artifacts import Resolver
@@ -13,7 +14,16 @@ from codeparrot.hub import StandIn
 from codeparrot.packing import open_token_file, write_token_file
 from codeparrot.publish import PublishConfig, build_dataset
 from codeparrot.storage import LocalStore
-from codeparrot.tokens import MANIFEST, ShardedTokens, TokenSet, build_token_set, commit, open_token_set, plan
+from codeparrot.tokens import (
+    MANIFEST,
+    ShardedTokens,
+    TokenSet,
+    build_token_set,
+    commit,
+    open_token_set,
+    plan,
+    tokenize_shard,
+)
 from codeparrot.train.data import PackedLoader, load_tokenizer
 from codeparrot.train.sample import train_sample_tokenizer
 from tests.builders import stdlib_records
@@ -33,7 +43,7 @@ def token_set(sharded, tmp_path_factory) -> tuple[TokenSet, Path]:
     data, tok = sharded
     resolver = Resolver(StandIn(LocalStore(tmp_path_factory.mktemp("unused"))), tmp_path_factory.mktemp("cache"))
     store = LocalStore(tmp_path_factory.mktemp("tokens") / "set")
-    manifest = build_token_set(resolver.resolve(data), resolver.resolve(tok), store, workers=2)
+    manifest = build_token_set(resolver.resolve(data), resolver.resolve(tok), store, threads=3)
     return manifest, store.local_path()
 
 
@@ -101,3 +111,15 @@ def test_the_first_commit_wins_and_a_rebuild_reuses_the_committed_set(sharded, t
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert build_token_set(resolver.resolve(data), resolver.resolve(tok), store) == manifest
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps, "nothing tokenized again"
+
+
+def test_a_shards_bytes_do_not_depend_on_the_thread_count(sharded, tmp_path) -> None:
+    _, tok_dir = sharded
+    data = tmp_path / "data"
+    build_dataset(stdlib_records(120), data, PublishConfig(valid_fraction=0.2, row_group_rows=10))
+    tok = load_tokenizer(tok_dir)
+    [job] = [j for j in plan(data) if j.split == "train"]
+    assert pq.ParquetFile(data / job.source).num_row_groups >= 5, "one shard of several row groups"
+    one = tokenize_shard(data, job, tok, tmp_path / "one.bin", threads=1)
+    four = tokenize_shard(data, job, tok, tmp_path / "four.bin", threads=4, batch_size=3)
+    assert one.sha256 == four.sha256 and one.files == four.files == pq.ParquetFile(data / job.source).metadata.num_rows

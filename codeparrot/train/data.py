@@ -81,7 +81,7 @@ def pin_inputs(
     return Inputs(str(data_ref), data_identity, str(tok_ref), tok_identity, where)
 
 
-def fetch_tokens(resolver: Resolver, inputs: Inputs, *, workers: int = 1) -> tuple[TokenSet, Path]:
+def fetch_tokens(resolver: Resolver, inputs: Inputs) -> tuple[TokenSet, Path]:
     """The token set's manifest and a local copy, built first where it is not committed yet."""
     store = open_store(inputs.tokens)
     manifest = read_manifest(store)
@@ -89,7 +89,7 @@ def fetch_tokens(resolver: Resolver, inputs: Inputs, *, workers: int = 1) -> tup
         log.info("no token set at %s yet: pre-tokenizing %s", inputs.tokens, inputs.dataset)
         dataset = resolver.resolve(inputs.dataset)
         tokenizer = resolver.resolve(inputs.tokenizer)
-        manifest = build_token_set(dataset, tokenizer, store, workers=workers)
+        manifest = build_token_set(dataset, tokenizer, store)
     local = store.local_path()
     folder = local if local is not None else resolver.resolve(inputs.tokens).path
     return manifest, folder

@@ -75,3 +75,14 @@ def test_sigterm_to_the_supervisor_reaches_the_trainer_through_accelerate(corpus
     assert outcome.final == str(out / "final")
     start = next(e for e in outcome.events if e["event"] == "start")
     assert start["resumed"] and start["step"] == stop["step"]
+
+
+def test_the_trainer_environment_keeps_large_buffers_in_the_heap_unless_the_user_says_otherwise(monkeypatch) -> None:
+    from codeparrot.train.launch import ALLOCATOR_ENV, trainer_environment
+
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "123")
+    env = trainer_environment({"HF_TOKEN": "t"})
+    assert env["MALLOC_MMAP_MAX_"] == ALLOCATOR_ENV["MALLOC_MMAP_MAX_"] == "0"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "123" and env["HF_TOKEN"] == "t"
+    assert env["PATH"] == os.environ["PATH"]
