@@ -24,6 +24,7 @@ def _fetch(uri: str, env: dict[str, str]) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the whole DAG: 9 min here on 2 cores; the suite's 900 s cap is for single tests
 def test_codeparrot_run_builds_every_stage_and_prints_where_outputs_are(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ENDPOINT_VARS}
     env.update(CODEPARROT_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
