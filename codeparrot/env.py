@@ -7,7 +7,9 @@ wins, which is how real mode switches e.g. `HF_HUB_OFFLINE=0` for pushing to the
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULTS: dict[str, str] = {
@@ -39,3 +41,17 @@ def home() -> Path:
     """Root of local state: emulator data, download cache, outputs (`CODEPARROT_HOME`)."""
     root = os.environ.get("CODEPARROT_HOME")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "codeparrot"
+
+
+@contextlib.contextmanager
+def restored_environ(*keys: str) -> Iterator[None]:
+    """Put `keys` back as they were (set or not) when the block ends, whoever changed them inside."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -12,7 +12,6 @@ sequences consumed) means the same whatever the shard count: nothing replayed, n
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import tempfile
@@ -265,12 +264,3 @@ def open_token_set(folder: str | os.PathLike[str]) -> tuple[TokenSet, dict[str, 
             parts.append(np.memmap(path, dtype=manifest.dtype, mode="r") if shard.tokens else np.zeros(0, manifest.dtype))
         splits[split] = ShardedTokens(parts)
     return manifest, splits
-
-
-def describe(manifest: TokenSet) -> str:
-    counts = ", ".join(f"{s} {manifest.tokens(s):,} tokens in {len(manifest.split(s))} shards" for s in SPLITS)
-    return f"{manifest.dataset} x {manifest.tokenizer}: {counts}"
-
-
-def manifest_json(manifest: TokenSet) -> dict[str, Any]:
-    return json.loads(manifest.model_dump_json())

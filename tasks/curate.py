@@ -7,7 +7,6 @@ Run under a `DaskTaskRunner` to spread the shard tasks over a cluster; finalize 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from codeparrot.curate.pipeline import (
     input_key,
     shard_folder,
 )
+from codeparrot.env import restored_environ
 from tasks._common import content_cache
 
 
@@ -69,15 +69,8 @@ _NANNY_ENVIRON = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 def on_dask(subflow: Any, address: str, *args: Any) -> Any:
     """Run `subflow(*args)` with its tasks on the Dask cluster at `address` ("local": a LocalCluster here),
     leaving this process's environment as it was."""
-    saved = {k: os.environ.get(k) for k in _NANNY_ENVIRON}
-    try:
+    with restored_environ(*_NANNY_ENVIRON):
         return subflow.with_options(task_runner=dask_runner(None if address == "local" else address))(*args)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def dask_runner(address: str | None = None, *, n_workers: int = 2) -> Any:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from codeparrot.env import home
+from codeparrot.env import home, restored_environ
 from codeparrot.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -342,16 +342,9 @@ def configured_endpoints() -> bool:
 
 @contextlib.contextmanager
 def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with restored_environ(*values):
+        os.environ.update(values)
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load_seed(endpoints: Endpoints) -> dict:
