@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 class StageConfig(BaseModel):
     """Frozen pydantic model; `fingerprint()` covers every field that changes a stage's output."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # inf and NaN are never a meaningful setting (`--lr inf` trained to NaN and reported success).
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
     #: Fields that do not change what the stage produces (cache paths, worker counts, secrets).
     volatile_fields: ClassVar[frozenset[str]] = frozenset()

@@ -5,10 +5,17 @@ position, scheduler, grad scaler, config hash) and one RNG file per rank. It cou
 `COMMITTED` marker exists, and the marker is written last: locally files go to `step-XXXXXXXX.tmp/`, the
 folder is renamed, then the marker is written; on GCS the files are uploaded, then the marker with
 `if_generation_match=0`. A folder without its marker is half-written and never loaded.
+
+The marker records each file's size and sha256, so a checkpoint damaged after its commit (a truncated
+file, a bad disk, a partial copy) is recognised before anything is loaded: `resume_point` takes the newest
+checkpoint that verifies, moves newer damaged ones aside (`step-XXXXXXXX.corrupt-TIME`, kept for
+inspection) and refuses to start over, without deleting anything, when checkpoints exist but none verifies.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -17,13 +24,15 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from codeparrot.errors import ServiceError
+from codeparrot.errors import CodeParrotError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,20 @@ MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
+# What a checkpoint needs beyond its RNG files: a folder without its marker that holds these is complete
+# (a crash between rename and marker, or a marker deleted by hand), not half-written.
+ESSENTIAL_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
+# Below this much free space a failed write is taken for a full disk whatever the library's message says
+# (torch reports ENOSPC as "enforce fail ... unexpected pos").
+DISK_FULL_BYTES = 16 * 2**20
+
+
+class CheckpointError(CodeParrotError):
+    """Checkpoints exist but none can be resumed; the message lists why each failed and what to do."""
+
+
+class DiskFull(CodeParrotError):
+    """No space left where a checkpoint is written; the message names the folder."""
 
 
 def step_name(step: int) -> str:
@@ -75,6 +98,14 @@ class CheckpointStore(ABC):
     def delete(self, step: int) -> None:
         """Remove a checkpoint, marker first so a half-deleted one is never taken as valid."""
 
+    @abstractmethod
+    def unmarked_complete(self) -> list[int]:
+        """Steps whose folder holds the essential files but no marker (ascending)."""
+
+    @abstractmethod
+    def quarantine(self, step: int) -> str:
+        """Move a checkpoint aside under a name loading never matches; returns where it went."""
+
     def latest(self) -> int | None:
         steps = self.committed_steps()
         return steps[-1] if steps else None
@@ -116,6 +147,23 @@ class LocalStore(CheckpointStore):
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(str(child))
         return removed
+
+    def unmarked_complete(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            int(m.group(1))
+            for child in self.root.iterdir()
+            if (m := _STEP_RE.match(child.name))
+            and not (child / MARKER).exists()
+            and all((child / name).is_file() for name in ESSENTIAL_FILES)
+        )
+
+    def quarantine(self, step: int) -> str:
+        target = self.root / f"{step_name(step)}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        os.replace(self.root / step_name(step), target)
+        _fsync_dir(self.root)
+        return str(target)
 
     def staging(self, step: int) -> Path:
         folder = self.root / f"{step_name(step)}.tmp"
@@ -192,6 +240,27 @@ class GCSStore(CheckpointStore):
     def committed_steps(self) -> list[int]:
         return sorted(s for s, blobs in self._by_step().items() if any(b.name.endswith(f"/{MARKER}") for b in blobs))
 
+    def unmarked_complete(self) -> list[int]:
+        found = []
+        for step, blobs in self._by_step().items():
+            names = {b.name.rsplit("/", 1)[1] for b in blobs}
+            if MARKER not in names and all(name in names for name in ESSENTIAL_FILES):
+                found.append(step)
+        return sorted(found)
+
+    def quarantine(self, step: int) -> str:
+        """Copy the checkpoint's objects under `step-XXXXXXXX.corrupt-TIME/` (server side), then delete them."""
+        aside = f"{step_name(step)}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        bucket = self.bucket
+        try:
+            blobs = sorted(self._by_step().get(step, []), key=lambda b: not b.name.endswith(f"/{MARKER}"))
+            for blob in blobs:
+                bucket.copy_blob(blob, bucket, "/".join(p for p in (self.prefix, aside, blob.name.rsplit("/", 1)[1]) if p))
+            self.delete(step)
+        except Exception as exc:
+            raise ServiceError(f"cannot move checkpoint {self.describe(step)} aside: {exc}") from exc
+        return f"{self.uri}/{aside}"
+
     def discard_partial(self) -> list[str]:
         removed = []
         for step, blobs in self._by_step().items():
@@ -229,7 +298,12 @@ class GCSStore(CheckpointStore):
 
     def fetch(self, step: int) -> Path:
         target = self.scratch / step_name(step)
-        if (target / MARKER).is_file():
+        try:
+            marker = self.bucket.blob(self._key(step, MARKER)).download_as_bytes()
+        except Exception as exc:
+            raise ServiceError(f"cannot read the marker of checkpoint {self.describe(step)}: {exc}") from exc
+        # A step may be written again after a damaged one was moved aside: reuse a copy of this very commit only.
+        if (target / MARKER).is_file() and (target / MARKER).read_bytes() == marker:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f"{step_name(step)}.", dir=self.scratch))
         try:
@@ -261,6 +335,135 @@ def open_store(uri: str | os.PathLike[str], *, scratch: str | os.PathLike[str]) 
 
 def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((folder / MARKER).read_text())
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """What the marker records of one file: its size and sha256 (~1 GB/s: a 124M model's 1.5 GB in ~2 s)."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"size": path.stat().st_size, "sha256": digest}
+
+
+def verify(folder: Path) -> str | None:
+    """None if the checkpoint in `folder` is whole, else why not (the first problem found)."""
+    try:
+        meta = read_meta(folder)
+    except (OSError, ValueError) as exc:
+        return f"its {MARKER} marker cannot be read ({exc})"
+    files = meta.get("files")
+    if isinstance(files, dict):
+        for name, want in sorted(files.items()):
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            size = path.stat().st_size
+            if size != want["size"]:
+                return f"{name} is {size} bytes, its marker says {want['size']}"
+            got = file_digest(path)["sha256"]
+            if got != want["sha256"]:
+                return f"{name} does not match its checksum (sha256 {got[:12]}..., marker {want['sha256'][:12]}...)"
+        return None
+    # Markers of releases before checksums list names only: check each file's own structure instead
+    # (torch files are zip archives with a CRC per entry).
+    for name in files or ESSENTIAL_FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            if name.endswith(".pt"):
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{name} has a damaged entry {bad}"
+            elif name.endswith(".json"):
+                json.loads(path.read_text())
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            return f"{name} is damaged ({exc})"
+    return None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run continues: a verified checkpoint (or none: step 0), and what was moved aside to get there."""
+
+    step: int | None = None
+    folder: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def resume_point(store: CheckpointStore, *, restart: bool = False) -> ResumePoint:
+    """The newest checkpoint that verifies; damaged newer ones are moved aside, never deleted.
+
+    With checkpoints present but none valid this refuses (CheckpointError) unless `restart`, which moves
+    every one of them aside and starts at step 0. Half-written saves (no marker, files missing) go."""
+    if restart:
+        moved = [store.quarantine(step) for step in sorted({*store.committed_steps(), *store.unmarked_complete()})]
+        for where in moved:
+            log.warning("--restart: moved checkpoint aside to %s", where)
+        store.discard_partial()
+        return ResumePoint(skipped=moved)
+    problems: list[tuple[int, str]] = []
+    for step in reversed(store.committed_steps()):
+        folder = store.fetch(step)
+        problem = verify(folder)
+        if problem is None:
+            moved = []
+            for bad, why in problems:
+                moved.append(store.quarantine(bad))
+                log.warning("skipped checkpoint %s: %s; moved it to %s", store.describe(bad), why, moved[-1])
+            for partial in store.discard_partial():
+                log.warning("ignoring half-written checkpoint %s", partial)
+            return ResumePoint(step, folder, moved)
+        log.warning("checkpoint %s does not verify: %s; trying the one before", store.describe(step), problem)
+        problems.append((step, problem))
+    unmarked = store.unmarked_complete()
+    if problems or unmarked:
+        why = [f"{step_name(s)}: {p}" for s, p in problems] + [f"{step_name(s)}: no {MARKER} marker" for s in unmarked]
+        raise CheckpointError(
+            f"no checkpoint under {store.uri} can be resumed ({'; '.join(why)}); nothing was deleted. Restore "
+            "them, or rerun with --restart to move them aside and start over from step 0"
+        )
+    for partial in store.discard_partial():
+        log.warning("ignoring half-written checkpoint %s", partial)
+    return ResumePoint()
+
+
+def save_file(save: Any, obj: Any, path: Path) -> None:
+    """`save(obj, path)` (torch.save), turning a full disk into DiskFull naming the folder."""
+    try:
+        save(obj, path)
+    except (OSError, RuntimeError) as exc:
+        free = _free_bytes(path.parent)
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not (full or (free is not None and free < DISK_FULL_BYTES) or _write_fails_for_space(path)):
+            raise
+        path.unlink(missing_ok=True)
+        raise DiskFull(
+            f"no space left on the device writing {path.name} to {path.parent} ({(free or 0) / 2**20:.1f} MiB "
+            "free): free space or point --checkpoint-dir elsewhere, then rerun to resume from the last checkpoint"
+        ) from exc
+
+
+def _write_fails_for_space(path: Path) -> bool:
+    """Whether writing 1 MiB to `path` now fails with ENOSPC/EDQUOT (torch's own error carries no errno)."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(bytes(2**20))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return False
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def capture_rng() -> dict[str, Any]:

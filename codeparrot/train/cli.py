@@ -34,6 +34,7 @@ _FIELDS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "preemption_url": "preemption_url",
     "preemption_poll_seconds": "preemption_poll_seconds",
+    "max_skipped_steps": "max_skipped_steps",
 }
 
 
@@ -95,9 +96,11 @@ def _parse_value(text: str) -> Any:
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Recompute activations.")
 @click.option("--preemption-url", help="Poll this metadata URL; TRUE stops the run like SIGTERM.")
 @click.option("--preemption-poll-seconds", type=float, help="Seconds between preemption polls.")
+@click.option("--max-skipped-steps", type=int, help="Non-finite updates skipped before stopping as diverged (default 0).")
+@click.option("--restart", is_flag=True, help="Move existing checkpoints aside (kept) and start over from step 0.")
 def train(
     data: str | None, tokenizer: str, tokens: str | None, output: str, config_file: str | None,
-    model_overrides: tuple[str, ...], **options: Any,
+    model_overrides: tuple[str, ...], restart: bool, **options: Any,
 ) -> None:  # fmt: skip
     """Train a GPT-2 on a published dataset; rerunning the same command resumes from its last checkpoint.
 
@@ -108,5 +111,5 @@ def train(
     from codeparrot.train.loop import train as run
 
     with ensure_storage(data, tokenizer, tokens, config.checkpoint_dir, config.token_cache) as resolver:
-        result = run(config, tokenizer, output, data=data, tokens=tokens, resolver=resolver)
+        result = run(config, tokenizer, output, data=data, tokens=tokens, resolver=resolver, restart=restart)
     click.echo(str(result.final))

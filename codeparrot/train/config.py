@@ -68,6 +68,7 @@ class TrainConfig(StageConfig):
             "token_cache",
             "preemption_url",
             "preemption_poll_seconds",
+            "max_skipped_steps",
         }
     )
 
@@ -96,6 +97,11 @@ class TrainConfig(StageConfig):
     # 0.95 as GPT-3 and nanoGPT: steadier than 0.999 at large batch and short runs.
     adam_beta2: float = Field(0.95, gt=0.0, lt=1.0, description="AdamW beta2.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    # 0: a blow-up stops the run at once. Large-scale trainers skip a few bad batches instead (PaLM skipped
+    # ~200-500 batches around each loss spike); a cap keeps a truly diverged run from burning its budget.
+    max_skipped_steps: int = Field(
+        0, ge=0, description="Updates with a non-finite loss or gradient norm skipped before the run stops as diverged."
+    )
     seed: int = Field(1, ge=0, description="Seeds weights, dropout and the data order.")
     # --- performance
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(

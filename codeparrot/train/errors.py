@@ -14,5 +14,9 @@ class Preempted(CodeParrotError):
     exit_code = PREEMPTED_EXIT_CODE
 
 
+class Diverged(CodeParrotError):
+    """The loss or gradient norm stopped being finite: the run stops, the last good checkpoint stays."""
+
+
 class TrainingFailed(CodeParrotError):
     """The training process exited with an error; the message carries the tail of its log."""

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import urllib.request
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from codeparrot.artifacts import Resolver
 from codeparrot.env import home
 from codeparrot.errors import ConfigError
+from codeparrot.locks import RunLock, lock_for
 from codeparrot.model_card import SUMMARY_FILE
 from codeparrot.tokens import open_token_set
 from codeparrot.train import checkpoint as ckpt
@@ -41,7 +42,7 @@ from codeparrot.train.data import (
     pin_inputs,
     validation_batches,
 )
-from codeparrot.train.errors import Preempted
+from codeparrot.train.errors import Diverged, Preempted
 from codeparrot.train.identity import run_hash
 from codeparrot.train.presets import build_model, count_parameters, flops_per_token, peak_flops
 
@@ -68,13 +69,46 @@ def train(
     data: str | os.PathLike[str] | None = None,
     tokens: str | os.PathLike[str] | None = None,
     resolver: Resolver | None = None,
+    restart: bool = False,
 ) -> TrainResult:
     """Train (or resume, or find finished) the run of `config`: a tokenizer and a token set (or the dataset
-    to build one from), each a reference (`hf://...@REV`, `gs://...`, or a local path)."""
+    to build one from), each a reference (`hf://...@REV`, `gs://...`, or a local path).
+
+    Rank 0 holds an exclusive lock on the run folder (and on a checkpoint location outside it) for the
+    whole run, so a second trainer on the same folder fails at once, naming the first. `restart` moves
+    existing checkpoints aside and starts at step 0 (needed when checkpoints exist but none verifies)."""
+    out = Path(output)
+    with ExitStack() as held:
+        locks: list[RunLock] = []
+        if os.environ.get("RANK", "0") == "0":  # before the Accelerator exists: the launcher's rank
+            locks.append(lock_for(out))
+            if config.checkpoint_dir and not _inside(config.checkpoint_dir, out):
+                locks.append(lock_for(config.checkpoint_dir))
+            for lock in locks:
+                held.enter_context(lock)
+        return _run(config, tokenizer, out, data=data, tokens=tokens, resolver=resolver, restart=restart, locks=locks)
+
+
+def _inside(location: str, folder: Path) -> bool:
+    if location.startswith("gs://"):
+        return False
+    return Path(location.removeprefix("file://")).absolute().is_relative_to(folder.absolute())
+
+
+def _run(
+    config: TrainConfig,
+    tokenizer: str | os.PathLike[str],
+    out: Path,
+    *,
+    data: str | os.PathLike[str] | None,
+    tokens: str | os.PathLike[str] | None,
+    resolver: Resolver | None,
+    restart: bool,
+    locks: list[RunLock],
+) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    out = Path(output)
     resolver = resolver or Resolver.from_env()
     token_root = config.token_cache or home() / "tokens"
     inputs = pin_inputs(resolver, tokenizer=tokenizer, data=data, tokens=tokens, token_root=token_root)
@@ -102,11 +136,11 @@ def train(
         torch.backends.cudnn.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
 
-    # --- resume point, checked before any heavy work so a changed config fails fast
+    # --- resume point, checked before any heavy work so a changed config fails fast. Rank 0 picks the
+    # newest checkpoint that verifies (moving damaged ones aside); the others then see it as the latest.
     store = ckpt.open_store(config.checkpoint_dir or out / "checkpoints", scratch=out / ".scratch")
     if main:
-        for partial in store.discard_partial():
-            log.warning("ignoring half-written checkpoint %s", partial)
+        ckpt.resume_point(store, restart=restart)
     accelerator.wait_for_everyone()
     resume_step = store.latest()
     resume_dir: Path | None = None
@@ -141,9 +175,9 @@ def train(
     if config.compile:
         model = torch.compile(model)
 
-    step, tokens_seen, resumed_at = 0, 0, []
+    step, tokens_seen, resumed_at, skipped = 0, 0, [], 0
     if resume_dir is not None:
-        step, tokens_seen, resumed_at = _load(resume_dir, raw_model, optimizer, scheduler, loader, accelerator, config)
+        step, tokens_seen, resumed_at, skipped = _load(resume_dir, raw_model, optimizer, scheduler, loader, accelerator, config)
         resumed_at = [*resumed_at, step]
         log.info("resumed from %s at step %d", store.describe(resume_step or 0), step)
     else:
@@ -172,16 +206,32 @@ def train(
         config.grad_accum, seq_len, device_name or accelerator.device.type,
     )
 
+    def diverged(what: str, at: int) -> Diverged:
+        _emit(metrics, "diverged", step=at, reason=what, skipped=skipped)
+        if metrics:
+            metrics.close()
+        last = store.latest()
+        kept = f"the last checkpoint {store.describe(last)} is intact" if last is not None else "no checkpoint was written"
+        return Diverged(
+            f"training diverged at step {at}/{config.max_steps}: {what}; no final model was written and {kept}. "
+            f"Lower the learning rate (peak {config.peak_lr:g}) or lengthen the warmup in a new --output folder, "
+            "or allow skipped steps (max_skipped_steps) and rerun to resume"
+        )
+
     def evaluate_now() -> float:
         loss = evaluate(raw_model, valid_tokens, config, accelerator)
+        if not math.isfinite(loss):
+            raise diverged(f"validation loss is {loss}", step)
         _emit(metrics, "eval", step=step, val_loss=loss, perplexity=_perplexity(loss))
         log.info("step %d: validation loss %.4f, perplexity %.2f", step, loss, _perplexity(loss))
         return loss
 
     def save(step: int) -> None:
+        for lock in locks:  # never commit into a run another process has taken over
+            lock.check()
         t0 = time.perf_counter()
         save_checkpoint(store, step, tokens_seen, raw_model, optimizer, scheduler, loader, accelerator, config, run_id,
-                        inputs, resumed_at)  # fmt: skip
+                        inputs, resumed_at, skipped)  # fmt: skip
         _emit(metrics, "checkpoint", step=step, uri=store.describe(step), seconds=round(time.perf_counter() - t0, 3))
 
     val_loss: float | None = evaluate_now() if step == 0 else None
@@ -201,7 +251,20 @@ def train(
                     loss = model(input_ids=batch, labels=batch).loss
                     accelerator.backward(loss / config.grad_accum)
                 loss_sum += loss.detach()
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            # A non-finite loss or gradient norm must not reach the weights: skip the update (up to a cap,
+            # as large-scale trainers do with loss spikes) or stop. fp16's grad scaler skips inf gradients
+            # itself while it calibrates, so there only the loss counts. One small sync per step.
+            problem = _nonfinite(accelerator, loss_sum / config.grad_accum, None if precision == "fp16" else grad_norm)
+            if problem is not None:
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                if skipped > config.max_skipped_steps:
+                    raise diverged(problem, step + 1)
+                _emit(metrics, "skipped", step=step + 1, reason=problem, skipped=skipped)
+                log.warning("step %d: %s; skipped the update (%d of at most %d)", step + 1, problem, skipped,
+                            config.max_skipped_steps)  # fmt: skip
+                continue
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -353,14 +416,18 @@ def save_checkpoint(
     run_id: str,
     inputs: Inputs,
     resumed_at: list[int],
+    skipped: int = 0,
 ) -> None:
-    """Every rank writes its RNG; rank 0 the model, optimizer and train state; then rank 0 commits."""
+    """Every rank writes its RNG; rank 0 the model, optimizer and train state; then rank 0 commits a
+    marker that records every file's size and sha256."""
+    from accelerate.utils import gather_object
+
     folder = store.staging(step)
     names = [ckpt.rng_file(accelerator.process_index)]
-    torch.save(ckpt.capture_rng(), folder / names[0])
+    ckpt.save_file(torch.save, ckpt.capture_rng(), folder / names[0])
     if accelerator.is_main_process:
-        torch.save(raw_model.state_dict(), folder / ckpt.MODEL_FILE)
-        torch.save(optimizer.state_dict(), folder / ckpt.OPTIMIZER_FILE)
+        ckpt.save_file(torch.save, raw_model.state_dict(), folder / ckpt.MODEL_FILE)
+        ckpt.save_file(torch.save, optimizer.state_dict(), folder / ckpt.OPTIMIZER_FILE)
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         state = {
             "step": step,
@@ -372,16 +439,19 @@ def save_checkpoint(
             "config": config.fingerprint_fields(),
             "inputs": inputs.as_dict(),
             "resumed_at": resumed_at,
+            "skipped_steps": skipped,
             "world_size": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
         }
-        (folder / ckpt.STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
+        text = json.dumps(state, indent=1, sort_keys=True)
+        ckpt.save_file(lambda obj, path: path.write_text(obj), text, folder / ckpt.STATE_FILE)
         names += [ckpt.MODEL_FILE, ckpt.OPTIMIZER_FILE, ckpt.STATE_FILE]
+    digests = {name: ckpt.file_digest(folder / name) for name in names}  # before upload: GCS staging is removed
     store.upload(step, names)
+    everyone = gather_object([digests]) if accelerator.num_processes > 1 else [digests]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        files = [ckpt.MODEL_FILE, ckpt.OPTIMIZER_FILE, ckpt.STATE_FILE]
-        files += [ckpt.rng_file(r) for r in range(accelerator.num_processes)]
+        files = {name: digest for part in everyone for name, digest in part.items()}
         store.commit(step, {"step": step, "config_hash": run_id, "files": files, "time": time.time()})
         for old in store.prune(config.keep_last):
             log.info("removed old checkpoint %s", store.describe(old))
@@ -415,7 +485,7 @@ def _load(
 ) -> tuple[int, int, list[int]]:
     """Restore everything a checkpoint holds; the RNG last, after nothing else may draw from it.
 
-    Returns the step, the tokens seen and the steps at which the run resumed before."""
+    Returns the step, the tokens seen, the steps at which the run resumed before and the skipped updates."""
     state = json.loads((folder / ckpt.STATE_FILE).read_text())
     raw_model.load_state_dict(torch.load(folder / ckpt.MODEL_FILE, map_location="cpu", weights_only=True))
     optimizer.load_state_dict(torch.load(folder / ckpt.OPTIMIZER_FILE, map_location="cpu", weights_only=True))
@@ -435,7 +505,8 @@ def _load(
         from accelerate.utils import set_seed
 
         set_seed(config.seed + accelerator.process_index + state["step"])
-    return int(state["step"]), int(state["tokens_seen"]), [int(s) for s in state.get("resumed_at", [])]
+    resumed_at = [int(s) for s in state.get("resumed_at", [])]
+    return int(state["step"]), int(state["tokens_seen"]), resumed_at, int(state.get("skipped_steps", 0))
 
 
 # ---------------------------------------------------------------------------- final model
@@ -489,7 +560,9 @@ class MetricsLog:
             log.warning("tensorboard is not installed; metrics go to %s only", out / METRICS_FILE)
 
     def write(self, event: str, fields: dict[str, Any]) -> None:
-        self.fh.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
+        # Strict JSON for every reader (NaN and Infinity are not JSON): a non-finite number is written as null.
+        record = {"event": event, "time": round(time.time(), 3), **{k: _finite_or_none(v) for k, v in fields.items()}}
+        self.fh.write(json.dumps(record, allow_nan=False) + "\n")
         if self.tb is not None and "step" in fields:
             for key, value in fields.items():
                 if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
@@ -500,6 +573,23 @@ class MetricsLog:
             self.fh.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _nonfinite(accelerator: Any, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> str | None:
+    """What is not finite on any rank (the mean loss, the gradient norm), or None when both are."""
+    values = torch.stack([loss.float(), grad_norm.float() if grad_norm is not None else torch.zeros_like(loss.float())])
+    flags = torch.cat([values, (~torch.isfinite(values)).float()]).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        flags[2:] = accelerator.reduce(flags[2:], reduction="sum")
+    found = flags.tolist()
+    if not (found[2] or found[3]):
+        return None
+    parts = [f"loss {found[0]}" if found[2] else "", f"gradient norm {found[1]}" if found[3] else ""]
+    return " and ".join(p for p in parts if p) + " (not finite)"
 
 
 def _emit(metrics: MetricsLog | None, event: str, **fields: Any) -> None:

@@ -188,3 +188,132 @@ def test_checkpoints_on_gcs_resume_on_a_fresh_disk(corpus, gcs_bucket, tmp_path)
     start = next(e for e in _events(tmp_path / "vm2") if e["event"] == "start")
     assert start["resumed"] and start["step"] == 3 and second.step == 6
     assert (first.final / "model.safetensors").read_bytes() == (second.final / "model.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints
+
+
+def test_a_truncated_latest_checkpoint_resumes_from_the_one_before_with_identical_weights(finished, corpus, tmp_path) -> None:
+    config, out, _ = finished
+    dest = _copy_checkpoints(out, tmp_path / "truncated")
+    model = dest / "checkpoints" / "step-00000030" / "model.pt"
+    with open(model, "r+b") as fh:
+        fh.truncate(1000)  # truncate -s 1000 RUN/checkpoints/step-<latest>/model.pt
+    result = train(config, corpus.tokenizer, data=corpus.data, output=dest)
+    start = next(e for e in _events(dest) if e["event"] == "start")
+    assert start["resumed"] and start["step"] == 20 and result.step == 30
+    assert (dest / "final" / "model.safetensors").read_bytes() == (out / "final" / "model.safetensors").read_bytes()
+    [aside] = (dest / "checkpoints").glob("step-00000030.corrupt-*")
+    assert (aside / "model.pt").stat().st_size == 1000  # kept for a post-mortem, out of the way
+    assert LocalStore(dest / "checkpoints").committed_steps() == [20, 30]
+
+
+def test_no_valid_checkpoint_refuses_until_restart_and_deletes_nothing(finished, corpus, tmp_path, capsys) -> None:
+    config, out, _ = finished
+    dest = _copy_checkpoints(out, tmp_path / "unmarked")
+    for marker in (dest / "checkpoints").glob(f"step-*/{MARKER}"):
+        marker.unlink()
+    before = sorted(p.name for p in (dest / "checkpoints").iterdir())
+    args = ["train", "--data", str(corpus.data), "--tokenizer", str(corpus.tokenizer), "--output", str(dest),
+            "--config", str(_config_file(config, tmp_path))]  # fmt: skip
+    code = cli_main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "no checkpoint under" in err and "--restart" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == before and not (dest / "final").exists()
+
+    assert cli_main([*args, "--restart"]) == 0
+    start = next(e for e in _events(dest) if e["event"] == "start")
+    assert not start["resumed"] and start["step"] == 0
+    assert (dest / "final" / "model.safetensors").read_bytes() == (out / "final" / "model.safetensors").read_bytes()
+    assert len(list((dest / "checkpoints").glob("step-*.corrupt-*"))) == 2  # moved aside, not deleted
+
+
+def _config_file(config: TrainConfig, tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(config.model_dump_json())
+    return path
+
+
+# ---------------------------------------------------------------------------- divergence
+
+
+def _strict_events(out: Path) -> list[dict]:
+    def refuse(token: str) -> None:
+        raise AssertionError(f"metrics.jsonl holds {token}, which is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_blow_up_stops_the_run_with_no_final_model_and_the_last_checkpoint_intact(corpus, tmp_path) -> None:
+    from codeparrot.train.checkpoint import verify
+    from codeparrot.train.errors import Diverged
+
+    out = tmp_path / "diverged"
+    config = _config(corpus, lr=1e30, max_steps=20, warmup_steps=1, save_every=1, eval_every=100)
+    with pytest.raises(Diverged, match=r"training diverged at step \d+/20: loss .*not finite.*no final model"):
+        train(config, corpus.tokenizer, data=corpus.data, output=out)
+    assert not (out / "final").exists() and not (out / "final.tmp").exists()
+    evs = _strict_events(out)
+    assert evs[-1]["event"] == "diverged" and "not finite" in evs[-1]["reason"]
+    store = LocalStore(out / "checkpoints")
+    last = store.latest()
+    assert last is not None and last == evs[-1]["step"] - 1 and verify(store.fetch(last)) is None
+    weights = torch.load(store.fetch(last) / "model.pt", weights_only=True)
+    assert all(torch.isfinite(w).all() for w in weights.values())  # the bad update never reached the weights
+
+
+def test_lr_inf_is_refused_before_training(corpus, tmp_path, capsys) -> None:
+    code = cli_main([
+        "train", "--data", str(corpus.data), "--tokenizer", str(corpus.tokenizer), "--output", str(tmp_path / "o"),
+        "--lr", "inf",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr" in err and "finite" in err and not (tmp_path / "o" / "final").exists()
+
+
+def test_a_non_finite_step_is_skipped_within_the_cap(corpus, tmp_path, monkeypatch) -> None:
+    import codeparrot.train.loop as loop
+
+    calls = {"n": 0}
+    build = loop.build_model
+
+    def poisoned(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == 3:  # the third training forward: a loss spike to NaN
+                    output.loss = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", poisoned)
+    config = _config(corpus, max_steps=6, warmup_steps=1, save_every=100, eval_every=100, log_every=1)
+    with pytest.raises(loop.Diverged, match="at step 3/6: loss nan"):
+        train(config, corpus.tokenizer, data=corpus.data, output=tmp_path / "strict")
+
+    calls["n"] = 0
+    result = train(config.model_copy(update={"max_skipped_steps": 1}), corpus.tokenizer, data=corpus.data,
+                   output=tmp_path / "skip")  # fmt: skip
+    evs = _strict_events(tmp_path / "skip")
+    skipped = [e for e in evs if e["event"] == "skipped"]
+    assert [(e["step"], e["skipped"]) for e in skipped] == [(3, 1)] and "loss nan" in skipped[0]["reason"]
+    assert result.step == 6 and evs[-1]["event"] == "completed" and math.isfinite(result.val_loss)
+    assert [e["step"] for e in evs if e["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+    state = json.loads((tmp_path / "skip" / "checkpoints" / "step-00000006" / "state.json").read_text())
+    assert state["skipped_steps"] == 1  # the cap counts across resumes
+
+
+def test_metrics_write_non_finite_numbers_as_null(tmp_path) -> None:
+    from codeparrot.train.loop import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.write("eval", {"step": 1, "val_loss": float("nan"), "perplexity": math.inf, "ok": 1.5})
+    log.close()
+    assert _strict_events(tmp_path) == [
+        {"event": "eval", "time": _strict_events(tmp_path)[0]["time"], "step": 1, "val_loss": None, "perplexity": None, "ok": 1.5}
+    ]

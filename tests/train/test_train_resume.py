@@ -154,3 +154,26 @@ def test_two_process_gloo_run_trains_and_resumes(corpus, tmp_path) -> None:
     trained = [e["step"] for e in events(out) if e["event"] == "train"]
     assert trained[-1] == 24
 
+
+
+@pytest.mark.slow
+def test_two_trainers_on_one_folder_one_fails_at_once_naming_the_other(corpus, tmp_path, reference) -> None:
+    # Started together with a checkpoint every step, as in the report: before the run lock one died
+    # with "Parent directory .../step-00000003.tmp does not exist" and both appended to one metrics file.
+    out = tmp_path / "run"
+    out.mkdir()
+    alias = tmp_path / "alias"  # the same folder by another name, so each process has a log of its own
+    alias.symlink_to(out)
+    procs = {name: start_training(corpus, tmp_path / name, save_every=1) for name in ("run", "alias")}
+    deadline = time.monotonic() + 120
+    while all(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loser = next(name for name, p in procs.items() if p.poll() is not None)
+    winner = "alias" if loser == "run" else "run"
+    assert procs[loser].returncode == 2, log_text(tmp_path / loser)
+    message = log_text(tmp_path / loser).strip().splitlines()[-1]
+    assert f"is in use by pid {procs[winner].pid}" in message and "Traceback" not in log_text(tmp_path / loser)
+
+    assert procs[winner].wait(timeout=300) == 0, log_text(tmp_path / winner)
+    assert [e["event"] for e in events(out)].count("start") == 1  # one run wrote the metrics
+    assert (out / "final" / "model.safetensors").read_bytes() == reference
