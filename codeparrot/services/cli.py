@@ -7,6 +7,7 @@ import json
 import click
 
 from codeparrot.services.emulators import EmbeddedServices, load_seed
+from codeparrot.storage import locked
 
 
 @click.group()
@@ -27,8 +28,10 @@ def up(
 ) -> None:
     """Start both emulators and load the seed; prints the environment to use them."""
     svc = EmbeddedServices(root, ports=(port_bigquery, port_gcs), host=host, advertise=advertise)
-    running = svc.running()
-    endpoints = running or svc.start()
+    with locked(svc.root / "start.lock"):  # a command starting them right now: wait, then reuse
+        running = svc.running()
+        endpoints = running or svc.start()
+        svc.keep()  # `up` means: until `down`, even if a command started them
     if not no_seed:
         click.echo(f"# seed: {json.dumps(load_seed(endpoints))}", err=True)
     for key, value in endpoints.environ().items():

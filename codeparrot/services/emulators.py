@@ -7,11 +7,18 @@
 
 `EmbeddedServices` starts both as a context manager, or detached for `codeparrot services up`, recording
 pids and ports in `<root>/state.json` so `down` and `status` (and any later command) find them.
+
+Commands that need the services (`ensure_services`) share them: each registers as a user (a shared
+`flock` on `<root>/users.lock`), then, under an exclusive start lock, reuses what runs or starts them. The
+last user out stops services that were started for a command (never those of `services up`). So two
+first commands at once do not both start an emulator on one DuckDB file, and the first to finish does not
+stop the services under the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -29,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from codeparrot.env import home, restored_environ
 from codeparrot.errors import ServiceError
+from codeparrot.storage import locked
 
 if TYPE_CHECKING:
     from codeparrot.artifacts import Resolver
@@ -247,7 +255,8 @@ class EmbeddedServices:
         self.bigquery: BigQueryEmulator | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> Endpoints:
+    def start(self, *, temporary: bool = False) -> Endpoints:
+        """Start both; `temporary` marks them as started for commands, so the last user stops them."""
         running = self.running()
         if running is not None:
             raise ServiceError(f"embedded services already run from {self.root} (pids in {self.state_file}); "
@@ -263,8 +272,36 @@ class EmbeddedServices:
         except BaseException:
             self.gcs.stop()
             raise
-        self._write_state({"project": self.project, "services": [asdict(gcs_info), asdict(bq_info)]})
+        state = {"project": self.project, "services": [asdict(gcs_info), asdict(bq_info)], "temporary": temporary}
+        self._write_state(state)
         return self.endpoints()
+
+    @contextlib.contextmanager
+    def shared(self, *, seed: bool = False) -> Iterator[Endpoints]:
+        """The running services, or ones started now, for the block; the last user out stops what was
+        started for commands. Safe against concurrent commands on the same root."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "users.lock", "a") as users:
+            fcntl.flock(users, fcntl.LOCK_SH)  # a user from now on: nobody stops them under us
+            try:
+                with locked(self.root / "start.lock"):
+                    endpoints = self.running()
+                    if endpoints is None:
+                        self.start(temporary=True)
+                        endpoints = self.endpoints()
+                        self.detach()  # from here on they belong to all users, not to this object
+                    if seed:
+                        load_seed(endpoints)
+                yield endpoints
+            finally:
+                with locked(self.root / "start.lock"):
+                    try:
+                        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        pass  # others still use them
+                    else:
+                        if (self._read_state() or {}).get("temporary"):
+                            self.down()
 
     def stop(self) -> None:
         for emulator in (self.bigquery, self.gcs):
@@ -321,6 +358,12 @@ class EmbeddedServices:
         bq = infos["bigquery"]
         return Endpoints(bq.url, infos["gcs"].url, state["project"], str(Path(bq.data_dir) / "gcs-local"))
 
+    def keep(self) -> None:
+        """Mark the running services as started by `services up`: no command's exit stops them."""
+        state = self._read_state()
+        if state is not None and state.get("temporary"):
+            self._write_state({**state, "temporary": False})
+
     def detach(self) -> None:
         """Leave the started processes running after this object goes away (for `services up`)."""
         self.gcs = self.bigquery = None
@@ -366,17 +409,7 @@ def ensure_services(root: str | os.PathLike[str] | None = None, *, seed: bool = 
     if configured_endpoints() or os.environ.get("CODEPARROT_GCP_PROJECT"):
         yield None
         return
-    services = EmbeddedServices(root)
-    running = services.running()
-    if running is not None:
-        if seed:
-            load_seed(running)
-        with patched_environ(running.environ()):
-            yield running
-        return
-    with services as endpoints, patched_environ(endpoints.environ()):
-        if seed:
-            load_seed(endpoints)
+    with EmbeddedServices(root).shared(seed=seed) as endpoints, patched_environ(endpoints.environ()):
         yield endpoints
 
 

@@ -155,3 +155,22 @@ def test_curation_on_a_local_dask_cluster_gives_the_same_dataset(first_run, tmp_
     assert state.is_completed()
     assert set(task_run_states(state)["curate-shard"]) == {"Completed"}
     assert state.result().revision == first.result().revision
+
+
+@pytest.mark.slow
+def test_two_first_refreshes_on_a_fresh_home_both_succeed(tmp_path):
+    # `codeparrot refresh & sleep 0.5; codeparrot refresh` with a fresh CODEPARROT_HOME and no endpoints
+    # configured: one used to fail with "Could not set lock on ...bqemulator.duckdb".
+    endpoint_vars = ("CODEPARROT_BIGQUERY_ENDPOINT", "STORAGE_EMULATOR_HOST", "CODEPARROT_GCP_PROJECT")
+    env = {k: v for k, v in os.environ.items() if k not in endpoint_vars}
+    env.update(CODEPARROT_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen([sys.executable, "-m", "codeparrot.cli", "refresh"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        time.sleep(0.5)
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+    uris = {line.split()[1] for o in outputs for line in o.splitlines() if line.startswith("dataset:")}
+    assert len(uris) == 1  # the same revision, published once
+    assert not (tmp_path / "services" / "state.json").exists()  # the last one out stopped the emulators

@@ -64,3 +64,35 @@ def test_context_manager_stops_both_emulators(tmp_path):
         assert all(pid_alive(p) for p in pids) and endpoints.storage.startswith("http://127.0.0.1:")
     assert not any(pid_alive(p) for p in pids)
     assert not (tmp_path / "state.json").exists()
+
+
+SHARED_USER = """
+import sys, time
+from codeparrot.gcp import GCPConfig, storage_client
+from codeparrot.services.emulators import ensure_services
+with ensure_services(seed=False) as found:
+    print(found.storage, flush=True)
+    time.sleep(float(sys.argv[1]))
+    client = storage_client(GCPConfig.from_env())
+    bucket = client.lookup_bucket("shared") or client.create_bucket("shared")
+    bucket.blob(sys.argv[2]).upload_from_string(b"done")
+    print("wrote", sys.argv[2], flush=True)
+"""
+
+
+def test_two_first_commands_at_once_share_one_start_and_the_last_out_stops_them(tmp_path):
+    # Before: both started emulators on one DuckDB file ("Could not set lock on ...bqemulator.duckdb"),
+    # and the first to finish stopped the services under the other.
+    env = {k: v for k, v in os.environ.items() if k not in ENDPOINT_VARS}
+    env["CODEPARROT_HOME"] = str(tmp_path)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SHARED_USER, pause, name], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for pause, name in (("0", "quick"), ("4", "slow"))
+    ]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outputs)
+    assert len({o.splitlines()[0] for o in outputs}) == 1  # one pair of emulators, used by both
+    assert "wrote slow" in outputs[1]  # the quick one's exit did not stop them under the slow one
+    svc = EmbeddedServices(tmp_path / "services")
+    assert svc.running() is None and not (tmp_path / "services" / "state.json").exists()
