@@ -52,6 +52,7 @@ def training(
     eval_config: EvalConfig = EvalConfig(),  # noqa: B008
     model_repo: str | None = None,
     hub_token_block: str | None = None,
+    restart: bool = False,
 ) -> TrainingResult:
     """Train a GPT-2 on a dataset revision with a tokenizer revision, evaluate it and publish it.
 
@@ -70,6 +71,8 @@ def training(
         eval_config: What evaluation runs and how.
         model_repo: owner/name the model is published as; empty: codeparrot/codeparrot-<preset>.
         hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        restart: When checkpoints exist but none can be resumed (damaged), move them aside and start
+            over from step 0; a valid checkpoint is still resumed.
     """
     with ensure_storage(data, tokenizer, tokens, checkpoint_root, pretokenize.root, hub=True):
         data, tokenizer = pinned(data, hub_token_block), pinned(tokenizer, hub_token_block)
@@ -78,6 +81,7 @@ def training(
         model_dir = train_model(
             config, data, tokenizer, tokens, output=output, output_root=output_root,
             checkpoint_root=checkpoint_root, num_processes=num_processes, hub_token_block=hub_token_block,
+            restart=restart,
         )  # fmt: skip
         evaluation = evaluate_model_task(model_dir, tokens, eval_config, hub_token_block) if evaluate else None
         repo = model_repo or f"codeparrot/codeparrot-{config.preset}"

@@ -72,6 +72,7 @@ def train_model(
     checkpoint_root: str | None = None,
     num_processes: int = 1,
     hub_token_block: str | None = None,
+    restart: bool = False,
 ) -> str:
     """Train (or resume) the run; returns the folder of the final model.
 
@@ -91,7 +92,7 @@ def train_model(
     tmp.write_text(config.model_dump_json(indent=1))
     os.replace(tmp, config_file)
 
-    cmd = accelerate_command(train_arguments(config_file, tokenizer, str(out), data=data, tokens=tokens), num_processes=num_processes)
+    cmd = accelerate_command(train_arguments(config_file, tokenizer, str(out), data=data, tokens=tokens, restart=restart), num_processes=num_processes)
     logger.info("launching %s (checkpoints: %s)", " ".join(cmd), config.checkpoint_dir or out / "checkpoints")
     # The trainer resolves the references itself; a token from a Secret block reaches it like HF_TOKEN would.
     token = hub_token(hub_token_block) if hub_token_block else None
@@ -105,6 +106,8 @@ def train_model(
             update_progress_artifact(progress, 100.0 * step / config.max_steps)
         elif kind == "eval":
             logger.info("step %s validation loss %.4f perplexity %.2f", step, event["val_loss"], event["perplexity"])
+        elif kind in ("skipped", "diverged"):
+            logger.warning("%s at step %s: %s", kind, step, event.get("reason"))
         elif kind in ("start", "checkpoint", "preempted", "completed"):
             logger.info("%s: %s", kind, {k: v for k, v in event.items() if k not in ("event", "time")})
 
@@ -128,10 +131,10 @@ def train_model(
         stopped = [e for e in outcome.events if e.get("event") == "preempted"]
         where = f"at step {stopped[-1]['step']}" if stopped else "before its first checkpoint"
         raise Preempted(f"training in {out} was stopped {where}; the task retry resumes from the last checkpoint")
-    raise TrainingFailed(
-        f"training in {out} exited with code {outcome.returncode}; last lines of {out / 'logs' / 'train.log'}:\n"
-        f"{outcome.log_tail}"
-    )
+    # The trainer's own one-line error (diverged, locked, no valid checkpoint, ...) heads the message.
+    said = [line.removeprefix("error: ") for line in outcome.log_tail.splitlines() if line.startswith("error: ")]
+    headline = said[-1] if said else f"training in {out} exited with code {outcome.returncode}"
+    raise TrainingFailed(f"{headline}\nlast lines of {out / 'logs' / 'train.log'}:\n{outcome.log_tail}")
 
 
 def loss_curve(metrics_path: Path, max_rows: int = LOSS_CURVE_ROWS) -> list[dict[str, Any]]:

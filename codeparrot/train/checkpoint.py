@@ -397,14 +397,9 @@ class ResumePoint:
 def resume_point(store: CheckpointStore, *, restart: bool = False) -> ResumePoint:
     """The newest checkpoint that verifies; damaged newer ones are moved aside, never deleted.
 
-    With checkpoints present but none valid this refuses (CheckpointError) unless `restart`, which moves
-    every one of them aside and starts at step 0. Half-written saves (no marker, files missing) go."""
-    if restart:
-        moved = [store.quarantine(step) for step in sorted({*store.committed_steps(), *store.unmarked_complete()})]
-        for where in moved:
-            log.warning("--restart: moved checkpoint aside to %s", where)
-        store.discard_partial()
-        return ResumePoint(skipped=moved)
+    With checkpoints present but none valid this refuses (CheckpointError) unless `restart`, which then
+    moves every one of them aside and starts at step 0. `restart` never discards a valid checkpoint, so
+    a preempted run retried with it still resumes. Half-written saves (no marker, files missing) go."""
     problems: list[tuple[int, str]] = []
     for step in reversed(store.committed_steps()):
         folder = store.fetch(step)
@@ -420,15 +415,18 @@ def resume_point(store: CheckpointStore, *, restart: bool = False) -> ResumePoin
         log.warning("checkpoint %s does not verify: %s; trying the one before", store.describe(step), problem)
         problems.append((step, problem))
     unmarked = store.unmarked_complete()
-    if problems or unmarked:
+    if (problems or unmarked) and not restart:
         why = [f"{step_name(s)}: {p}" for s, p in problems] + [f"{step_name(s)}: no {MARKER} marker" for s in unmarked]
         raise CheckpointError(
             f"no checkpoint under {store.uri} can be resumed ({'; '.join(why)}); nothing was deleted. Restore "
             "them, or rerun with --restart to move them aside and start over from step 0"
         )
+    moved = [store.quarantine(step) for step in sorted({*(s for s, _ in problems), *unmarked})]
+    for where in moved:
+        log.warning("restart: moved the unusable checkpoint aside to %s", where)
     for partial in store.discard_partial():
         log.warning("ignoring half-written checkpoint %s", partial)
-    return ResumePoint()
+    return ResumePoint(skipped=moved)
 
 
 def save_file(save: Any, obj: Any, path: Path) -> None:

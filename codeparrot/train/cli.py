@@ -97,7 +97,7 @@ def _parse_value(text: str) -> Any:
 @click.option("--preemption-url", help="Poll this metadata URL; TRUE stops the run like SIGTERM.")
 @click.option("--preemption-poll-seconds", type=float, help="Seconds between preemption polls.")
 @click.option("--max-skipped-steps", type=int, help="Non-finite updates skipped before stopping as diverged (default 0).")
-@click.option("--restart", is_flag=True, help="Move existing checkpoints aside (kept) and start over from step 0.")
+@click.option("--restart", is_flag=True, help="When no checkpoint can be resumed, move them aside (kept) and start over from step 0.")
 def train(
     data: str | None, tokenizer: str, tokens: str | None, output: str, config_file: str | None,
     model_overrides: tuple[str, ...], restart: bool, **options: Any,

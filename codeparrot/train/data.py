@@ -117,7 +117,14 @@ def load_tokenizer(folder: str | os.PathLike[str]) -> Any:
     with _TRANSFORMERS_IMPORT:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(root))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(root))
+        except (ValueError, OSError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"cannot load the tokenizer in {root} ({type(exc).__name__}: {detail}): its files are damaged or "
+                "not a tokenizer; fetch it again or retrain it with `codeparrot tokenizer`"
+            ) from exc
     if tok.eos_token_id is None:
         raise DataError(f"tokenizer in {root} has no eos token: train it with `codeparrot tokenizer`")
     return tok

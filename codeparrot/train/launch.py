@@ -82,10 +82,12 @@ def accelerate_command(train_args: Sequence[str], *, num_processes: int = 1) -> 
 
 
 def train_arguments(
-    config_file: str | os.PathLike[str], tokenizer: str, output: str, *, data: str | None = None, tokens: str | None = None
-) -> list[str]:
+    config_file: str | os.PathLike[str], tokenizer: str, output: str, *, data: str | None = None,
+    tokens: str | None = None, restart: bool = False,
+) -> list[str]:  # fmt: skip
     args = ["--config", str(config_file), "--tokenizer", str(tokenizer), "--output", str(output)]
     args += ["--data", str(data)] if data is not None else []
+    args += ["--restart"] if restart else []
     return args + (["--tokens", str(tokens)] if tokens is not None else [])
 
 

@@ -75,8 +75,8 @@ def train(
     to build one from), each a reference (`hf://...@REV`, `gs://...`, or a local path).
 
     Rank 0 holds an exclusive lock on the run folder (and on a checkpoint location outside it) for the
-    whole run, so a second trainer on the same folder fails at once, naming the first. `restart` moves
-    existing checkpoints aside and starts at step 0 (needed when checkpoints exist but none verifies)."""
+    whole run, so a second trainer on the same folder fails at once, naming the first. `restart`: when
+    checkpoints exist but none verifies, move them aside and start at step 0 (a valid one still resumes)."""
     out = Path(output)
     with ExitStack() as held:
         locks: list[RunLock] = []

@@ -89,7 +89,8 @@ def test_a_crashing_child_fails_without_retry_and_shows_its_log(prefect_harness,
     (broken / "tokenizer.json").write_text("{not json")
     state = _train_once(CONFIG, str(data), str(broken), str(tmp_path / "runs"), return_state=True)
     assert state.is_failed()
-    with pytest.raises(TrainingFailed, match=r"exited with code 1; last lines of .*train\.log:\n(.|\n)*Error"):
+    # The child's own error line heads the message when it printed one; its log tail follows.
+    with pytest.raises(TrainingFailed, match=r"tokenizer(.|\n)*\nlast lines of .*train\.log:\n(.|\n)*Error"):
         state.result()
     [run] = _task_runs(state)
     assert run.run_count == 1

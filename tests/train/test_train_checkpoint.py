@@ -232,3 +232,12 @@ def test_a_full_disk_while_saving_names_the_folder(tmp_path) -> None:
     (target / "model.pt").symlink_to("/dev/full")  # every write there fails with ENOSPC
     with pytest.raises(ckpt.DiskFull, match=rf"no space left on the device writing model.pt to {target}.*--checkpoint-dir"):
         ckpt.save_file(torch.save, {"w": torch.ones(100_000)}, target / "model.pt")
+
+
+def test_restart_never_discards_a_valid_checkpoint(tmp_path) -> None:
+    # A preempted run retried with restart (the flow passes it on every retry) must still resume.
+    store = ckpt.LocalStore(tmp_path / "ck")
+    for step in (10, 20):
+        _write_verified(store, step)
+    assert ckpt.resume_point(store, restart=True).step == 20
+    assert store.committed_steps() == [10, 20]
