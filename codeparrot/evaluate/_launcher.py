@@ -1,19 +1,29 @@
 """Sandbox launcher: isolates a process tree, then execs the program's interpreter. Never imported.
 
-`sandbox.Sandbox` runs `python -I -S -B _launcher.py SPEC_JSON` in a new session. Every layer is best
-effort and reported on the report fd as `LAYERS {...}`; the parent decides whether that is enough.
+`sandbox.Sandbox` runs `python -I -S -B _launcher.py SPEC_JSON` in a new session, the program on stdin.
+Every layer is best effort and reported on the report fd as `LAYERS {...}`; the parent decides whether
+that is enough. The program never holds the report fd (it is closed before exec) and writes nothing the
+verdict is read from: the verdict is its process's exit status, relayed by the processes below, which
+run only this file.
 
 1. pid (root): unshare(CLONE_NEWPID) and fork. The child is init of the new namespace: it reaps every
    orphan, and when it exits the kernel kills and reaps whatever the program left (fork bombs included),
    so nothing outlives a run. This launcher stays outside, relays the exit status, and on SIGTERM kills
    init. (PID 1 of some containers never reaps orphans; without this they would pile up as zombies.)
-2. network: unshare(CLONE_NEWNET): only a downed loopback, so every connect fails, 127.0.0.1 included.
-3. filesystem (root): unshare(CLONE_NEWNS), private propagation; empty read-only tmpfs over the
-   world-writable folders (/tmp, /var/tmp, /dev/shm) and over the first folder on the interpreter's path
-   that others cannot enter (/root for a pyenv build); the interpreter prefix is bound back read-only and
-   the work folder read-write, each at its own path.
+2. network and ipc: unshare(CLONE_NEWNET), unshare(CLONE_NEWIPC): only a downed loopback, so every connect
+   fails, 127.0.0.1 included; System V shared memory and message queues die with the namespace.
+3. filesystem (root): unshare(CLONE_NEWNS), private propagation, then a new root on an empty tmpfs
+   (read-only once built) that holds only what the interpreter needs, bound read-only: /usr and the
+   /bin, /lib* links or folders, the interpreter's prefix; /dev with null, zero, random and urandom;
+   /proc, a fresh procfs of the new pid namespace (or an empty folder when there is none: never the
+   host's); and one tmpfs of `disk_mb`, mounted on /tmp and holding the work folder, the only place the
+   program can write. Everything else of the host (/run, /home, /root, /var, /etc, /sys, ...) is absent,
+   and what the program writes lives in memory and dies with the namespace. The root is entered by
+   chroot, not pivot_root, on purpose: the kernel refuses a chrooted process a user namespace, the one
+   way an unprivileged program could mount a tmpfs of its own and escape the quota.
 4. identity (root): a forked worker drops to the dedicated uid/gid of the spec with no supplementary
-   groups, so RLIMIT_NPROC counts only this sandbox's tasks and file permissions apply.
+   groups, so RLIMIT_NPROC counts only this sandbox's tasks and file permissions apply; no_new_privs,
+   so no setuid binary gives privileges back.
 5. rlimits, hard ones included so the program cannot raise them: CPU, AS, NPROC, FSIZE, NOFILE, CORE.
 6. exec the interpreter (`-I -S -B`) with the runner source, a whitelisted environment, cwd = work.
 Stdlib only, no `codeparrot` import: it must start fast under `-I -S`.
@@ -28,17 +38,24 @@ import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
-WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
+PR_SET_NO_NEW_PRIVS = 38
 LAUNCH_FAILED = 125  # as env(1) and chroot(1) use it: the harness failed, not the program
+# What the interpreter needs from the host: the usual top-level links into /usr (or folders, pre-merge).
+RUNTIME = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+DEVICES = ("null", "zero", "random", "urandom")
+# The scratch tmpfs holds files, not many: 4096 inodes bound the kernel memory empty files could take.
+SCRATCH_INODES = 4096
 
 
 def main() -> None:
@@ -46,25 +63,32 @@ def main() -> None:
     report_fd = spec["report_fd"]
     with open(spec["runner"], encoding="utf-8") as fh:  # read while still privileged
         runner = fh.read()
-    layers = {"pid": None, "network": None, "filesystem": None, "uid": None}
+    layers = {"pid": None, "network": None, "ipc": None, "filesystem": None, "proc": "host", "disk_mb": None,
+              "uid": None}
     libc = ctypes.CDLL(None, use_errno=True)
     is_root = os.geteuid() == 0
-    can_unshare = spec["namespaces"] and hasattr(libc, "unshare")
-    if can_unshare and is_root and libc.unshare(CLONE_NEWPID) == 0:
+    wanted = set(spec["namespaces"]) if hasattr(libc, "unshare") else set()
+    if "pid" in wanted and is_root and libc.unshare(CLONE_NEWPID) == 0:
         child = os.fork()
         if child:
             _relay(child, report_fd)
         layers["pid"] = "namespace"
-    if can_unshare and libc.unshare(CLONE_NEWNET) == 0:
+    if "network" in wanted and libc.unshare(CLONE_NEWNET) == 0:
         layers["network"] = "namespace"
-    if can_unshare and is_root and libc.unshare(CLONE_NEWNS) == 0:
-        _private_mounts(libc, spec["prefix"], spec["work_dir"])  # half-done would hide the interpreter: raise
+    if "ipc" in wanted and libc.unshare(CLONE_NEWIPC) == 0:
+        layers["ipc"] = "namespace"
+    uid = spec.get("uid")
+    work = spec["work_dir"]
+    if "mount" in wanted and is_root and libc.unshare(CLONE_NEWNS) == 0:
+        # Half-done would leave the interpreter out of reach: raise, and the parent retries without.
+        _enter_new_root(libc, spec, private_proc=layers["pid"] is not None)
         layers["filesystem"] = "namespace"
+        layers["proc"] = "private" if layers["pid"] else "hidden"
+        layers["disk_mb"] = spec["disk_mb"]
     if layers["pid"]:
         worker = os.fork()
         if worker:
             _init(worker, report_fd)
-    uid = spec.get("uid")
     if is_root and uid is not None and (layers["filesystem"] or _blocked_ancestor(spec["prefix"]) is None):
         try:
             os.setgroups([])
@@ -73,13 +97,15 @@ def main() -> None:
             layers["uid"] = uid
         except OSError:  # a user namespace that does not map the uid: carry on and report it
             pass
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     for name, (soft, hard) in spec["limits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
     os.write(report_fd, ("LAYERS " + json.dumps(layers) + "\n").encode())
+    os.close(report_fd)  # the program gets no channel to the harness but its exit status and output
     python = spec["python"]
-    os.chdir(spec["work_dir"])
+    os.chdir(work)
     guard = "1" if spec["python_guard"] else "0"
-    os.execve(python, [python, "-I", "-S", "-B", "-c", runner, str(report_fd), guard], spec["env"])
+    os.execve(python, [python, "-I", "-S", "-B", "-c", runner, str(spec["reached_end"]), guard], spec["env"])
 
 
 def _exit_like(status: int) -> None:
@@ -115,6 +141,12 @@ def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | Non
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
+def _bind_readonly(libc: ctypes.CDLL, source: str, target: str) -> None:
+    """Bind one mount's subtree (not the mounts below it) read-only, without setuid or devices."""
+    _mount(libc, source, target, None, MS_BIND, None)
+    _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
 def _blocked_ancestor(path: str) -> str | None:
     """The first folder on `path` that others may not enter, if any."""
     current = "/"
@@ -126,30 +158,62 @@ def _blocked_ancestor(path: str) -> str | None:
 
 
 def _under(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip("/") + "/")
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _private_mounts(libc: ctypes.CDLL, prefix: str, work: str) -> None:
+def _enter_new_root(libc: ctypes.CDLL, spec: dict, *, private_proc: bool) -> None:
+    """Build the new root on a tmpfs over the (private) work folder, then chroot into it."""
+    work, uid = spec["work_dir"], spec.get("uid")
+    os.umask(0o022)
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE, None)
-    # Open both before anything is covered; binding /proc/self/fd/N reaches them afterwards.
-    keep = [(prefix, True), (work, False)]
-    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path, _ in keep]
-    covers = [d for d in WORLD_WRITABLE if os.path.isdir(d) and not os.path.islink(d)]
-    blocked = _blocked_ancestor(prefix)
-    if blocked:
-        covers.append(blocked)
-    covers = [c for c in covers if not any(_under(c, other) for other in covers)]
-    for cover in covers:
-        _mount(libc, "tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
-    for (path, readonly), fd in zip(keep, fds, strict=True):
-        if any(_under(path, c) for c in covers):
-            os.makedirs(path, exist_ok=True)
-            _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
-            if readonly:
-                _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-        os.close(fd)
-    for cover in covers:
-        _mount(libc, None, cover, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    root = work  # the host's work folder is only a mount point now; the program never writes there
+    _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m,nr_inodes=1024")
+
+    def inside(path: str) -> str:
+        return root + path
+
+    bound = []
+    for name in RUNTIME:
+        host = "/" + name
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), inside(host))
+        elif os.path.isdir(host):
+            os.mkdir(inside(host))
+            _bind_readonly(libc, host, inside(host))
+            bound.append(host)
+    for path in sorted({spec["prefix"], os.path.dirname(spec["python"])}, key=len):  # a folder before its children
+        if not any(_under(path, b) for b in bound):
+            os.makedirs(inside(path))
+            _bind_readonly(libc, path, inside(path))
+            bound.append(path)
+    os.mkdir(inside("/dev"))
+    for name in DEVICES:
+        if os.path.exists("/dev/" + name):
+            open(inside("/dev/" + name), "wb").close()
+            _mount(libc, "/dev/" + name, inside("/dev/" + name), None, MS_BIND, None)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, inside("/dev/" + name))
+    os.mkdir(inside("/proc"))  # stays an empty folder without a pid namespace: the host's would leak
+    if private_proc:  # this process is init of the new pid namespace: the procfs shows only its tree
+        _mount(libc, "proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    os.mkdir(inside("/tmp"))
+    _mount(libc, "tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           f"mode=1777,size={spec['disk_mb']}m,nr_inodes={SCRATCH_INODES}")
+    if _under(work, "/tmp"):
+        scratch = inside(work)
+        os.makedirs(scratch)
+    else:  # a work folder elsewhere (TMPDIR) is a folder of the same tmpfs, bound at its usual path
+        scratch = inside("/tmp/work")
+        os.mkdir(scratch)
+        os.makedirs(inside(work))
+        _mount(libc, scratch, inside(work), None, MS_BIND, None)
+    os.chmod(scratch, 0o700)
+    if uid is not None:
+        os.chown(scratch, uid, uid)
+    _mount(libc, None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    os.chroot(root)
+    os.chdir("/")
 
 
 if __name__ == "__main__":

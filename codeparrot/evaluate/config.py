@@ -24,11 +24,30 @@ class SandboxLimits(BaseModel):
     memory_mb: int = Field(512, ge=128, description="Address-space limit (RLIMIT_AS) per process, MiB.")
     max_procs: int = Field(4, ge=1, le=4096, description="Processes and threads per sandbox (RLIMIT_NPROC).")
     max_file_mb: int = Field(16, ge=1, description="Largest file a program may write (RLIMIT_FSIZE), MiB.")
+    # No HumanEval program writes a file; 32 MiB holds two max-size files. It is a tmpfs, so memory:
+    # workers x disk_mb at most, hence the 1 GiB cap.
+    disk_mb: int = Field(32, description="Total a program may write, work folder and /tmp together, MiB (root only).")
     python_guard: bool = Field(True, description="Audit hook denying sockets, subprocesses and outside writes.")
     namespaces: bool = Field(True, description="Use network and mount namespaces where permitted.")
     # Dedicated uids, one per worker, when running as root; far from distro ranges (system < 1000,
     # users from 1000) and below 65536 so user-namespaced containers can map them.
     uid_base: int = Field(59000, ge=1000, le=65000, description="First of the dedicated sandbox uids (root only).")
+
+    @field_validator("disk_mb")
+    @classmethod
+    def _disk_mb(cls, v: int) -> int:
+        if not 1 <= v <= 1024:
+            raise ValueError(f"disk_mb must be in [1, 1024], got {v}: it is held in memory by each worker; 32 is plenty")
+        return v
+
+    @model_validator(mode="after")
+    def _file_fits_the_disk(self) -> SandboxLimits:
+        if self.max_file_mb > self.disk_mb:
+            raise ValueError(
+                f"max_file_mb ({self.max_file_mb}) exceeds disk_mb ({self.disk_mb}): a file cannot outgrow the "
+                "space that holds it; raise disk_mb or lower max_file_mb"
+            )
+        return self
 
     @property
     def cpu_s(self) -> int:

@@ -1,21 +1,41 @@
 """Run untrusted programs (model-written code) in isolated processes, several at a time.
 
-Each program runs in its own process tree started by `_launcher.py` (new session; pid, network and mount
-namespaces and a dedicated uid where permitted; CPU, address-space, process, file-size and descriptor
-limits), in a fresh work folder, with a whitelisted environment (no inherited secrets), under a
-wall-clock timeout. `_runner.py` adds a Python audit-hook guard and reports success only when the program
-ran to its end. A pool of threads, one per worker, each waits on its own sandboxed child, so programs run
-in parallel across cores while the harness keeps going whatever a program does. Programs see the
-standard library only (`-S`: no site-packages), which is all HumanEval needs.
+Each program runs in its own process tree started by `_launcher.py` (new session; pid, network, ipc and
+mount namespaces and a dedicated uid where permitted; CPU, address-space, process, file-size and descriptor
+limits), under a wall-clock timeout, with a whitelisted environment (no inherited secrets). As root the
+program sees a new root that holds the interpreter read-only, a private /proc (its own processes only), and
+one `disk_mb` tmpfs on /tmp that holds its fresh work folder: nothing else of the host is there, nothing
+it writes reaches the host's disks, and all of it is gone when the run ends. `_runner.py` adds a Python
+audit-hook guard. A pool of threads, one per worker, each waits on its own sandboxed child, so programs run
+in parallel across cores while the harness keeps going whatever a program does. Programs see the standard
+library only (`-S`: no site-packages), which is all HumanEval needs.
+
+The verdict is the exit status of the program's process, which the runner sets to `REACHED_END` only after
+the program ran to its end (an exception, `sys.exit()` or an early `os._exit(0)` fail), relayed by launcher
+processes that never run program code. There is no token and no report line to forge: the program's
+output is never parsed, and the report fd (which carries only the launcher's `LAYERS` line) is closed
+before the program starts.
 
 Limits where the platform does not allow a layer (logged once and recorded in `Sandbox.isolation`):
-- not root (or namespaces refused): no pid/mount namespace and no dedicated uid. RLIMIT_NPROC then
-  counts all of the user's processes, so any fork may fail; processes that leave the session survive
-  the run; writes are limited only by the user's permissions and the Python guard.
+- not root (or namespaces refused): no namespaces and no dedicated uid; `proc` is "host" (the user's
+  processes, their command lines included, are readable) and `disk_quota_mb` None (writes are limited
+  only by the user's permissions, RLIMIT_FSIZE per file and the Python guard, and what is written to
+  /tmp or /dev/shm stays). RLIMIT_NPROC counts all of the user's processes, so any fork may fail;
+  processes that leave the session survive the run; without a Yama ptrace policy the program may trace
+  the user's other processes, the harness included.
+- no pid namespace but a mount namespace: /proc is an empty folder (`proc` = "hidden"), never the host's.
 - no network namespace (unshare refused): only the Python guard blocks sockets; native code could still
   connect. ctypes and `_posixsubprocess` are blocked by the guard for that reason.
 - the guard is an audit hook (PEP 578): it stops accidents and ordinary code, not a determined attacker
   in the same interpreter; the OS layers above are the boundary.
+Limits that hold everywhere:
+- a program written to pass can pass: it shares an interpreter with its tests, so it can return an object
+  equal to everything, or end its process with `REACHED_END` as the runner does. The sandbox contains
+  such a program; it cannot make its tests honest. HumanEval's own harness has the same property (any
+  run without an exception passes).
+- output goes to a host log file of at most `max_file_mb` (RLIMIT_FSIZE), deleted after the run.
+- the scratch tmpfs is memory, `disk_mb` per worker; anonymous files (memfd_create) are outside the
+  quota, bounded only by RLIMIT_NOFILE x `max_file_mb` (a memory cgroup would bound them).
 """
 
 from __future__ import annotations
@@ -26,7 +46,6 @@ import json
 import logging
 import os
 import queue
-import secrets
 import shutil
 import signal
 import subprocess
@@ -50,6 +69,9 @@ log = logging.getLogger(__name__)
 LAUNCHER = Path(__file__).with_name("_launcher.py")
 RUNNER = Path(__file__).with_name("_runner.py")
 LAUNCH_FAILED = 125
+# The runner's exit status once the program ran to its end: anything but 0, which an early os._exit(0)
+# gives; 100 is no status Python, a shell or a signal (128 + N) produces.
+REACHED_END = 100
 # Interpreter start-up and namespace set-up take ~0.1 s; the rest of a second absorbs a busy machine.
 LAUNCH_GRACE_S = 1.0
 # How long a timed-out launcher gets to kill its namespace before the whole group is SIGKILLed.
@@ -120,6 +142,9 @@ class _UidLease:
 class Sandbox:
     """A pool of sandboxed interpreters; use as a context manager, then `run`, `submit` or `map`."""
 
+    #: Namespaces to try, in the launcher's words; start() falls back to fewer when the platform refuses.
+    NAMESPACES: tuple[str, ...] = ("pid", "network", "ipc", "mount")
+
     def __init__(self, limits: SandboxLimits | None = None, *, workers: int | None = None) -> None:
         if not sys.platform.startswith("linux"):
             raise ConfigError(f"the sandbox needs Linux (rlimits, namespaces); this is {sys.platform}")
@@ -133,6 +158,7 @@ class Sandbox:
         self._lease: _UidLease | None = None
         self._uids: queue.Queue[int | None] = queue.Queue()
         self._counter = itertools.count()
+        self._namespaces: tuple[str, ...] = self.NAMESPACES if self.limits.namespaces else ()
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -193,13 +219,16 @@ class Sandbox:
         return [f.result() for f in futures]
 
     def _probe(self) -> dict[str, object]:
-        """Run a trivial program; falls back to no namespaces when the platform refuses their set-up."""
-        result, layers = self._execute_with_layers("pass\n")
-        if result.status != "passed" and self.limits.namespaces:
-            log.warning("sandbox: namespaces failed (%s); retrying without them", result.detail)
-            self.limits = self.limits.model_copy(update={"namespaces": False})
+        """Run a trivial program; falls back to fewer namespaces when the platform refuses their set-up."""
+        fallbacks = [self._namespaces, tuple(n for n in self._namespaces if n != "mount"), ()]
+        for namespaces in dict.fromkeys(fallbacks):  # in order, without repeats
+            self._namespaces = namespaces
             result, layers = self._execute_with_layers("pass\n")
-        if result.status != "passed":
+            if result.passed:
+                break
+            log.warning("sandbox: namespaces %s failed (%s); retrying with fewer", ",".join(namespaces) or "none",
+                        result.detail)
+        else:
             raise SandboxError(
                 f"the sandbox cannot run a trivial program: {result.detail}. Check that {self.python} runs "
                 "and that the temporary folder allows execution"
@@ -207,7 +236,10 @@ class Sandbox:
         isolation = {
             "pid_namespace": layers.get("pid") is not None,
             "network_namespace": layers.get("network") is not None,
+            "ipc_namespace": layers.get("ipc") is not None,
             "mount_namespace": layers.get("filesystem") is not None,
+            "proc": layers.get("proc", "host"),  # "private", "hidden" (no pid namespace) or "host"
+            "disk_quota_mb": layers.get("disk_mb"),  # None: no total cap on what the program writes
             "dedicated_uid": layers.get("uid") is not None,
             "python_guard": self.limits.python_guard,
             "workers": self.workers,
@@ -218,6 +250,10 @@ class Sandbox:
                 "(RLIMIT_NPROC does not bind root): turn the guard on"
             )
         missing = [k for k, v in isolation.items() if v is False]
+        if isolation["proc"] != "private":
+            missing.append(f"a private /proc ({isolation['proc']})")
+        if isolation["disk_quota_mb"] is None:
+            missing.append("a disk quota")
         log.info("sandbox isolation: %s", ", ".join(f"{k}={v}" for k, v in isolation.items()))
         if missing:
             log.warning("sandbox: running without %s (see codeparrot.evaluate.sandbox for what that allows)", ", ".join(missing))
@@ -257,7 +293,6 @@ class Sandbox:
         }
 
     def _spawn(self, program: str, work: Path, log_path: Path, uid: int | None) -> tuple[ExecResult, dict[str, object]]:
-        token = secrets.token_hex(16)
         env = {"PATH": SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         read_fd, write_fd = os.pipe()
         spec = {
@@ -267,12 +302,14 @@ class Sandbox:
             "python": self.python,
             "runner": str(RUNNER),
             "uid": uid,
-            "namespaces": self.limits.namespaces,
+            "namespaces": list(self._namespaces),
+            "disk_mb": self.limits.disk_mb,
             "python_guard": self.limits.python_guard,
+            "reached_end": REACHED_END,
             "limits": self._limits(),
             "env": env,
         }
-        payload = token.encode() + b"\n" + program.encode("utf-8", "surrogatepass")
+        payload = program.encode("utf-8", "surrogatepass")
         timed_out = False
         start = time.monotonic()
         try:
@@ -299,13 +336,11 @@ class Sandbox:
             os.close(read_fd)
         output, output_size = _tail(log_path)
         layers: dict[str, object] = {}
-        passed = False
-        for line in report.splitlines():
-            if line.startswith("LAYERS ") and not layers:
+        for line in report.splitlines():  # written by the launcher before the program started
+            if line.startswith("LAYERS "):
                 layers = json.loads(line[7:])
-            elif line == f"PASSED {token}":
-                passed = True
-        result = _classify(proc.returncode, timed_out, passed, output, seconds, self.limits.timeout_s)
+                break
+        result = _classify(proc.returncode, timed_out, output, seconds, self.limits.timeout_s)
         if result.status == "failed" and output_size >= self.limits.max_file_mb << 20:
             result = ExecResult("failed", f"output over the {self.limits.max_file_mb} MiB file-size limit", seconds, output)
         return result, layers
@@ -359,7 +394,7 @@ def _drain(fd: int) -> str:
         if not chunk:
             break
         chunks.append(chunk)
-        if sum(map(len, chunks)) > 1 << 20:  # a program flooding the pipe: the verdict line comes last
+        if sum(map(len, chunks)) > 1 << 16:  # one LAYERS line is ~150 bytes; never wait on more
             break
     return b"".join(chunks).decode("utf-8", "replace")
 
@@ -377,10 +412,10 @@ def _last_line(output: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _classify(returncode: int, timed_out: bool, passed: bool, output: str, seconds: float, timeout_s: float) -> ExecResult:
+def _classify(returncode: int, timed_out: bool, output: str, seconds: float, timeout_s: float) -> ExecResult:
     if timed_out:
         return ExecResult("timed out", f"wall clock over {timeout_s:g} s", seconds, output)
-    if returncode == 0 and passed:
+    if returncode == REACHED_END:
         return ExecResult("passed", "", seconds, output)
     if returncode == LAUNCH_FAILED and "sandbox launch failed" in output:
         return ExecResult("failed", _last_line(output), seconds, output)
