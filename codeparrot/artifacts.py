@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from codeparrot.errors import ConfigError, DataError
-from codeparrot.storage import atomic_write_bytes, check_key, locked
+from codeparrot.errors import ConfigError, DataError, writing
+from codeparrot.gcp import BUCKET_RE
+from codeparrot.storage import atomic_write_bytes, check_key, file_uri_path, locked
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,7 +53,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # Hub commit ids (40 hex) and stand-in revisions (12 hex) never move; branch names like "main" do.
 _COMMIT = re.compile(r"^[0-9a-f]{12}$|^[0-9a-f]{40}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?")
 FORMS = "hf://datasets/OWNER/NAME[@REV], hf://OWNER/NAME[@REV], gs://BUCKET/PREFIX, or a local path"
 
@@ -78,17 +78,15 @@ class ArtifactRef:
         if not raw:
             raise ConfigError(f"an empty artifact reference: give one of {FORMS}")
         m = _SCHEME.match(raw)
+        if m is not None and m.group(1).lower() == "file":  # file:///p, file://localhost/p, file:/p
+            return cls(scheme="local", path=str(Path(file_uri_path(raw))))
         if m is None or not m.group(2) or len(m.group(1)) == 1:  # no scheme://: a path (C: is a drive)
             return cls(scheme="local", path=str(Path(raw).expanduser().absolute()))
         scheme, rest = m.group(1).lower(), raw[m.end() :]
-        if scheme == "hf" and m.group(2):
+        if scheme == "hf":
             return cls._parse_hf(raw, rest)
-        if scheme == "gs" and m.group(2):
+        if scheme == "gs":
             return cls._parse_gs(raw, rest)
-        if scheme == "file" and m.group(2):
-            if not rest.startswith("/"):
-                raise ConfigError(f"{raw!r}: a file:// URI needs an absolute path (file:///abs/path)")
-            return cls(scheme="local", path=str(Path(rest)))
         raise ConfigError(f"{raw!r} has an unsupported scheme {scheme!r}: use {FORMS}")
 
     @classmethod
@@ -110,7 +108,7 @@ class ArtifactRef:
     @classmethod
     def _parse_gs(cls, raw: str, rest: str) -> ArtifactRef:
         bucket, _, prefix = rest.partition("/")
-        if not _BUCKET.match(bucket):
+        if not BUCKET_RE.match(bucket) or ".." in bucket:
             raise ConfigError(f"{raw!r}: {bucket!r} is not a bucket name (lowercase letters, digits, '-', '_', '.')")
         prefix = prefix.strip("/")
         if not prefix:
@@ -315,7 +313,8 @@ def materialize(folder: Path, uri: str, fetch: Callable[[Path], dict[str, str] |
         tmp.mkdir(parents=True)
         t0 = time.monotonic()
         try:
-            expected = fetch(tmp)
+            with writing(tmp, "CODEPARROT_HOME (the artifact cache)"):
+                expected = fetch(tmp)
             files = {p.relative_to(tmp).as_posix(): p for p in sorted(tmp.rglob("*")) if p.is_file()}
             digests = {rel: file_sha256(p) for rel, p in files.items()}
             if expected is not None:

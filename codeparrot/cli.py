@@ -1,7 +1,8 @@
 """The `codeparrot` command. Each stage's commands live beside its logic and load only when called.
 
-Errors meant for users (`CodeParrotError`) print as one clear message and an exit code, not a traceback;
-`--debug` shows the traceback too.
+Errors meant for users (`CodeParrotError`, and other libraries' failures that `explain` recognises) print
+as one clear message and an exit code (2, or 3 when a retry may help), not a traceback; anything else is
+a bug and prints one line naming it, exit code 1. `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import click
 
-from codeparrot.errors import CodeParrotError
+from codeparrot.errors import CodeParrotError, explain, short
 
 # command name -> "module:attribute"; imported on first use so `codeparrot --help` stays fast
 # (torch and Prefect take seconds to import).
@@ -68,15 +69,14 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user errors become a message and an exit code."""
+    """Console entry point: user errors become a message and an exit code (see `codeparrot.errors`)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, standalone_mode=False)
     except CodeParrotError as exc:
         if debug:
             raise
-        click.secho(f"error: {exc}", fg="red", err=True)
-        return exc.exit_code
+        return _fail(exc)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -85,7 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except Exception as exc:
+        if debug:
+            raise
+        known = explain(exc)
+        if known is not None:
+            return _fail(known)
+        click.secho(f"error: unexpected {type(exc).__name__}: {short(exc)} (rerun with --debug for the traceback)", fg="red", err=True)
+        return 1
     return 0
+
+
+def _fail(exc: CodeParrotError) -> int:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

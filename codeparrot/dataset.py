@@ -8,11 +8,14 @@ Readers here stream record batches with pyarrow so no split is ever held in memo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codeparrot.errors import DataError
@@ -32,6 +35,31 @@ def split_files(root: str | os.PathLike[str], split: str) -> list[Path]:
     return files
 
 
+@contextlib.contextmanager
+def reading_parquet(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A damaged or non-Parquet file read inside the block becomes a DataError naming it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:  # pyarrow raises ArrowInvalid, or OSError for bad pages
+        if isinstance(exc, FileNotFoundError):
+            raise DataError(f"{path} does not exist: fetch or publish the dataset again") from exc
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path} is not a readable Parquet file ({detail}): fetch or publish the dataset again") from exc
+
+
+def parquet_file(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """`pq.ParquetFile(path)`, or a DataError naming the file when it is damaged or not Parquet."""
+    with reading_parquet(path):
+        return pq.ParquetFile(path)
+
+
+def iter_parquet_batches(path: str | os.PathLike[str], **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    """`ParquetFile.iter_batches(**kwargs)` of one file; damage found mid-file is a DataError naming it."""
+    pf = parquet_file(path)
+    with reading_parquet(path):
+        yield from pf.iter_batches(**kwargs)
+
+
 def iter_text_batches(
     root: str | os.PathLike[str],
     split: str,
@@ -41,10 +69,10 @@ def iter_text_batches(
 ) -> Iterator[list[str]]:
     """Yield lists of at most `batch_size` texts, streaming shard by shard (bounded memory)."""
     for path in split_files(root, split):
-        pf = pq.ParquetFile(path)
-        if column not in pf.schema_arrow.names:
-            raise DataError(f"{path} has no column {column!r} (columns: {', '.join(pf.schema_arrow.names)})")
-        for batch in pf.iter_batches(batch_size=batch_size, columns=[column]):
+        names = parquet_file(path).schema_arrow.names
+        if column not in names:
+            raise DataError(f"{path} has no column {column!r} (columns: {', '.join(names)})")
+        for batch in iter_parquet_batches(path, batch_size=batch_size, columns=[column]):
             yield batch.column(0).to_pylist()
 
 
@@ -54,7 +82,7 @@ def iter_texts(root: str | os.PathLike[str], split: str, *, column: str = TEXT_C
 
 
 def count_rows(root: str | os.PathLike[str], split: str) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in split_files(root, split))
+    return sum(parquet_file(p).metadata.num_rows for p in split_files(root, split))
 
 
 def content_hash(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS) -> str:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from codeparrot.config import StageConfig
 from codeparrot.env import home
-from codeparrot.errors import DataError
+from codeparrot.errors import DataError, writing
 from codeparrot.export import MANIFEST_NAME, ExportResult, ShardObject
 from codeparrot.gcp import GCPConfig, parse_gs_uri, service_errors, storage_client
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DOWNLOAD_VERSION = "1"
 MARKER = "_SUCCESS.json"
 _CHUNK = 1 << 20
+CACHE_SETTING = "--cache-dir (or CODEPARROT_HOME)"
 
 
 class DownloadConfig(StageConfig):
@@ -134,7 +135,7 @@ def _fetch(gcs: Any, bucket: str, obj: ShardObject, target: Path, cfg: DownloadC
     last = ""
     for attempt in range(1, cfg.attempts + 1):
         try:
-            with open(tmp, "wb") as fh:
+            with writing(target, CACHE_SETTING), open(tmp, "wb") as fh:
                 # raw: the shard's gzip bytes as stored (no transcoding), so checksums compare.
                 blob.download_to_file(
                     fh, raw_download=True, checksum=None, timeout=gcp.timeout_s,
@@ -209,7 +210,8 @@ def download(
     )
     tmp = root / f".{MARKER}.tmp"
     listing = {Path(f.path).name: f.size for f in files}
-    tmp.write_text(json.dumps({"source": result.source, "identity": result.identity(), "files": listing}))
+    with writing(tmp, CACHE_SETTING):
+        tmp.write_text(json.dumps({"source": result.source, "identity": result.identity(), "files": listing}))
     os.replace(tmp, root / MARKER)
     return result
 

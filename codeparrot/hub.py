@@ -18,16 +18,25 @@ block when a flow names one):
   concurrent pushes never lose or mix a revision and readers see the old head or the new one.
 
 Either way a push returns the `hf://` URI of the exact revision, which is what later stages take.
+
+What a push uploads is first assembled in a temp folder under a staging root (`<CODEPARROT_HOME>/staging`)
+by `staging_folder`, which each push holds locked while it lives; a push killed before it could clean up
+leaves its folder unlocked, and the next push removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +48,7 @@ from tqdm.auto import tqdm
 from codeparrot.artifacts import ArtifactRef
 from codeparrot.errors import ConfigError, DataError, PermanentServiceError, ServiceError
 from codeparrot.gcp import GCPConfig
-from codeparrot.storage import ABSENT, Conflict, Store, join, open_store
+from codeparrot.storage import ABSENT, Conflict, Store, join, locked, open_store
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,59 @@ TRANSFER_THREADS = 8
 # Concurrent pushes retry the head's compare-and-swap; each loss means another push just moved it.
 HEAD_MOVE_ATTEMPTS = 50
 HISTORY_LENGTH = 200
+# The lock file inside each staging folder, held (flock) by the push that made it for as long as it lives.
+STAGING_LOCK = ".push.lock"
+# A staging folder without a lock file was made by an older release, which did not lock: it is taken
+# for a dead push's only once it is this old (no push takes an hour to assemble its folder).
+UNLOCKED_STALE_S = 3600
+
+
+@contextlib.contextmanager
+def staging_folder(root: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
+    """A fresh, empty temp folder under `root` for one push, removed afterwards; folders under `root` left by
+    pushes that were killed (their lock is free) are removed first.
+
+    The folder's lock is taken before the root's lock is let go, so a concurrent push sweeping the root
+    never sees a live folder unlocked; a dead push's lock is released by the kernel with its process.
+    """
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    with locked(base.with_name(f".{base.name}.lock")):
+        for gone in _sweep_staging(base):
+            log.info("removed %s, left by a push that did not finish", gone)
+        folder = Path(tempfile.mkdtemp(dir=base, prefix=prefix))
+        handle = open(folder / STAGING_LOCK, "a")  # noqa: SIM115 - held until the folder is removed
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        handle.close()
+
+
+def _sweep_staging(base: Path) -> list[Path]:
+    """Remove the staging folders of dead pushes (caller holds the root's lock); the ones removed."""
+    removed = []
+    for folder in sorted(base.iterdir()):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        lock = folder / STAGING_LOCK
+        try:
+            if not lock.exists():
+                if time.time() - folder.stat().st_mtime < UNLOCKED_STALE_S:
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                with open(lock, "a") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live push holds it
+                    shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # removed meanwhile by its own push
+            continue
+        removed.append(folder)
+    return removed
 
 
 class PushResult(BaseModel):

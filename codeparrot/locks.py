@@ -256,5 +256,7 @@ def lock_for(location: str | os.PathLike[str], **lease: Any) -> RunLock:
         from codeparrot.storage import open_store
 
         return LeaseLock(open_store(text), what=text, **lease)
-    folder = Path(text.removeprefix("file://"))
+    from codeparrot.storage import file_uri_path
+
+    folder = Path(file_uri_path(text))
     return FileLock(folder / ".lock", what=str(folder))

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from codeparrot.artifacts import ArtifactRef
 from codeparrot.errors import DataError
-from codeparrot.hub import Hub, PushResult
+from codeparrot.hub import Hub, PushResult, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +132,8 @@ def publish_model(
     from codeparrot.env import home
 
     summary = read_summary(model_dir)
-    root = staging or home() / "staging"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix="model-") as tmp:
-        folder = Path(tmp) / "model"
+    with staging_folder(staging or home() / "staging", "model-") as tmp:
+        folder = tmp / "model"
         shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns(*NOT_PUSHED))
         (folder / CARD_FILE).write_text(render(repo, summary, evaluation), encoding="utf-8")
         pushed = hub.push(folder, "model", repo)

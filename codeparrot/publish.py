@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from pydantic import BaseModel, Field, field_validator
 from codeparrot.config import StageConfig
 from codeparrot.env import home
 from codeparrot.errors import ConfigError, DataError
-from codeparrot.hub import Hub, PushResult, folder_hash
+from codeparrot.hub import Hub, PushResult, folder_hash, staging_folder
 from codeparrot.shards import BadRecord, Record, iter_records, list_shards
 
 log = logging.getLogger(__name__)
@@ -319,10 +318,8 @@ def publish(
     if provenance is None:
         stats_file = in_path / "stats.json"
         provenance = {"dropped": json.loads(stats_file.read_text()).get("dropped", {})} if stats_file.exists() else {}
-    staging_root = Path(staging) if staging is not None else home() / "staging"
-    staging_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=staging_root, prefix="publish-") as tmp:
-        build = Path(tmp) / "dataset"
+    with staging_folder(Path(staging) if staging is not None else home() / "staging", "publish-") as tmp:
+        build = tmp / "dataset"
         stats = build_dataset(lambda: _records(in_path, strict=False), build, cfg, provenance)
         card = (build / "README.md").read_text(encoding="utf-8")
         pushed = hub.push(

@@ -6,7 +6,9 @@ export writes INT64 as strings; readers normalise `size` and `copies` to int.
 
 Reading never drops a line silently: a line that cannot be used comes back as a `BadRecord` with a
 reason (`bad-json`, `bad-utf8`, `missing-field`, `bad-field`, `truncated-shard`, `bad-gzip`) so the
-caller counts it, or, with `strict=True`, raises a `DataError` naming the shard and line.
+caller counts it, or, with `strict=True`, raises a `DataError` naming the shard and line. A file that is
+not gzip at all comes back as one `BadRecord` at line 1 with reason `not-gzip`: the whole shard is bad,
+and callers count it as a shard, not as a record.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("repo_name", "path", "content")
 EXPORT_FIELDS = ("repo_name", "path", "copies", "size", "content", "license")
 SHARD_GLOB = "*.json.gz"
+NOT_GZIP = "not-gzip"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 Record = dict[str, Any]
 
@@ -102,10 +106,17 @@ def iter_shard(path: str | os.PathLike[str], *, strict: bool = False) -> Iterato
             raise DataError(bad.describe()) from exc
         yield bad
     except gzip.BadGzipFile as exc:
-        bad = BadRecord(shard, lineno + 1, "bad-gzip", f"not a gzip file ({exc})")
+        whole = lineno == 0 and not _starts_gzip(shard)
+        reason, detail = (NOT_GZIP, "not a gzip file: re-download or remove it") if whole else ("bad-gzip", f"not a gzip stream ({exc})")
+        bad = BadRecord(shard, lineno + 1, reason, detail)
         if strict:
             raise DataError(bad.describe()) from exc
         yield bad
+
+
+def _starts_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
 
 
 def iter_records(paths: Iterable[str | os.PathLike[str]], *, strict: bool = False) -> Iterator[Record | BadRecord]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from codeparrot.errors import CodeParrotError, DataError
+from codeparrot.errors import CodeParrotError, ConfigError, DataError
 from codeparrot.gcp import GCPConfig, ensure_bucket, parse_gs_uri, service_errors, storage_client
 
 ABSENT = "0"  # the generation of an object that does not exist, as GCS preconditions spell it
@@ -315,12 +315,30 @@ class GCSStore(Store):
             self._blob(key).delete(timeout=self.gcp.timeout_s)
 
 
+def file_uri_path(text: str) -> str:
+    """The path a `file:` URI names (`file:///p`, `file://localhost/p`, `file:/p`, %-escapes decoded, as
+    RFC 8089 and `Path.as_uri()` write them); any other text unchanged. Only this machine's absolute paths."""
+    if text[:5].lower() != "file:":
+        return text
+    from urllib.parse import unquote
+
+    rest = text[5:]
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host and host.lower() != "localhost":
+            raise ConfigError(f"{text!r} names host {host!r}: a file:// URI needs an absolute path on this machine (file:///abs/path)")
+        rest = slash + path
+    if not rest.startswith("/"):
+        raise ConfigError(f"{text!r}: a file:// URI needs an absolute path (file:///abs/path)")
+    return unquote(rest)
+
+
 def open_store(uri: str | os.PathLike[str], *, gcp: GCPConfig | None = None) -> Store:
     """A GCSStore for `gs://bucket/prefix`, a LocalStore for a folder (or `file://` URI)."""
     text = os.fspath(uri)
     if text.startswith("gs://"):
         return GCSStore(text, gcp=gcp)
-    return LocalStore(text.removeprefix("file://"))
+    return LocalStore(file_uri_path(text))
 
 
 def _copy_atomic(source: Path, dest: Path) -> None:

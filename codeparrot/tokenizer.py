@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import click
-import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
@@ -35,10 +34,10 @@ from transformers import PreTrainedTokenizerFast
 
 from codeparrot.artifacts import local_identity
 from codeparrot.config import StageConfig
-from codeparrot.dataset import count_rows, iter_text_batches, split_files
+from codeparrot.dataset import count_rows, iter_parquet_batches, iter_text_batches, split_files
 from codeparrot.env import home
-from codeparrot.errors import ConfigError
-from codeparrot.hub import Hub
+from codeparrot.errors import ConfigError, writing
+from codeparrot.hub import Hub, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,8 @@ EOS = "<|endoftext|>"
 EVAL_FILE = "eval.json"
 MARKER = ".complete"
 # Indentation as it precedes a statement: 1-3 levels of 4 spaces, 1-2 tabs.
+# The smallest baseline: the 256-byte alphabet and EOS, no merges (the smallest vocab_size is 300).
+BASELINE_MIN = 257
 INDENTS = {"4 spaces": " " * 4, "8 spaces": " " * 8, "12 spaces": " " * 12, "tab": "\t", "2 tabs": "\t\t"}
 
 
@@ -59,21 +60,42 @@ class TokenizerConfig(StageConfig):
     seed: int = Field(0, description="Seed of the file sample.")
     # The trainer buffers up to 256 items of its iterator ahead, so memory is ~256 * batch_size files.
     batch_size: int = Field(100, ge=1, description="Files per batch fed to the trainer (bounds memory).")
-    baseline_vocab_size: int = Field(
-        8192, ge=300, description="Vocabulary of the smaller byte-level baseline the report compares against."
+    baseline_vocab_size: int | None = Field(
+        None,
+        ge=BASELINE_MIN,
+        description="Vocabulary of the smaller byte-level baseline the report compares against "
+        "(default: a quarter of vocab_size, the book's 8,192 against 32,768).",
     )
     model_max_length: int = Field(1024, ge=16, description="Context length recorded in the tokenizer config.")
     name: str = Field("codeparrot/codeparrot-tokenizer", description="owner/name when pushed.")
 
     volatile_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "name"})
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_baseline(cls, data: Any) -> Any:
+        """Derive the baseline's vocabulary from vocab_size when not given, so any valid vocab_size works alone."""
+        if isinstance(data, dict) and data.get("baseline_vocab_size") is None:
+            try:
+                vocab = int(data.get("vocab_size", cls.model_fields["vocab_size"].default))
+            except (TypeError, ValueError):
+                return data  # the field's own validation reports it
+            data = {**data, "baseline_vocab_size": baseline_for(vocab)}
+        return data
+
     @model_validator(mode="after")
     def _baseline(self) -> TokenizerConfig:
-        if self.baseline_vocab_size >= self.vocab_size:
+        if self.baseline_vocab_size is not None and self.baseline_vocab_size >= self.vocab_size:
             raise ValueError(
-                f"baseline_vocab_size ({self.baseline_vocab_size}) must be smaller than vocab_size ({self.vocab_size})"
+                f"baseline_vocab_size ({self.baseline_vocab_size}) must be smaller than vocab_size ({self.vocab_size}): "
+                "pass a smaller one, or leave it out for a quarter of vocab_size"
             )
         return self
+
+
+def baseline_for(vocab_size: int) -> int:
+    """The default baseline vocabulary: a quarter of `vocab_size`, at least the byte alphabet plus EOS."""
+    return max(vocab_size // 4, BASELINE_MIN)
 
 
 class TokenizerResult(BaseModel):
@@ -146,8 +168,7 @@ def sample_keys(data: Path, max_files: int, seed: int) -> set[tuple[str, str]]:
     """The exact seeded sample: the `max_files` (repo_name, path) with the smallest keyed hash."""
     heap: list[tuple[int, str, str]] = []  # max-heap through negated keys
     for path in split_files(data, "train"):
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=10_000, columns=["repo_name", "path"]):
+        for batch in iter_parquet_batches(path, batch_size=10_000, columns=["repo_name", "path"]):
             for repo, p in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
                 item = (-_file_key(seed, repo, p), repo, p)
                 if len(heap) < max_files:
@@ -181,7 +202,7 @@ def training_batches(data: Path, cfg: TokenizerConfig, *, progress: bool = True)
 def _sampled_batches(data: Path, keep: set[tuple[str, str]], batch_size: int) -> Iterator[list[str]]:
     out: list[str] = []
     for path in split_files(data, "train"):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["repo_name", "path", "content"]):
+        for batch in iter_parquet_batches(path, batch_size=batch_size, columns=["repo_name", "path", "content"]):
             cols = [batch.column(i).to_pylist() for i in range(3)]
             out.extend(c for r, p, c in zip(*cols, strict=True) if (r, p) in keep)
             if len(out) >= batch_size:
@@ -324,13 +345,14 @@ def train_tokenizer(
     tok = train_bpe(batches, cfg.vocab_size, min_frequency=cfg.min_frequency, length=n, model_max_length=cfg.model_max_length)
     train_s = time.monotonic() - t0
     base_batches, _ = training_batches(data_path, cfg, progress=False)
+    assert cfg.baseline_vocab_size is not None  # filled in by the config
     baseline = train_bpe(base_batches, cfg.baseline_vocab_size, min_frequency=cfg.min_frequency).backend_tokenizer
     report = evaluate(tok, baseline, data_path)
     report.update(train_seconds=round(train_s, 2), train_files=n, dataset=dataset or str(data_path),
                   dataset_identity=identity, config=cfg.model_dump(mode="json"))  # fmt: skip
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
+    with writing(out_path, "OUT"), tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
         stage = Path(tmp) / "tok"
         tok.save_pretrained(stage)
         (stage / EVAL_FILE).write_text(json.dumps(report, indent=2))
@@ -354,10 +376,8 @@ def train_tokenizer(
 
 def push_tokenizer(result: TokenizerResult, cfg: TokenizerConfig, hub: Hub, *, staging: Path | None = None) -> TokenizerResult:
     """Publish the tokenizer folder (without its completion marker) as repo `cfg.name`; the result with its URI."""
-    root = staging or home() / "staging"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix="tokenizer-") as tmp:
-        copy = Path(tmp) / "tok"
+    with staging_folder(staging or home() / "staging", "tokenizer-") as tmp:
+        copy = tmp / "tok"
         shutil.copytree(result.path, copy, ignore=shutil.ignore_patterns(MARKER))
         pushed = hub.push(copy, "model", cfg.name)
     log.info("tokenizer published: %s%s", pushed.uri, " (unchanged)" if pushed.skipped else "")
@@ -370,17 +390,15 @@ def push_tokenizer(result: TokenizerResult, cfg: TokenizerConfig, hub: Hub, *, s
 @click.option("--vocab-size", type=int, default=32768, show_default=True)
 @click.option("--max-files", type=int, default=None, help="Train on a seeded sample of N files.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--baseline-vocab-size", type=int, default=8192, show_default=True)
+@click.option("--baseline-vocab-size", type=int, default=None, help=TokenizerConfig.model_fields["baseline_vocab_size"].description)
 @click.option("--name", default=None, help="owner/name of the tokenizer repo when pushed (default codeparrot/codeparrot-tokenizer).")
 @click.option("--push/--no-push", default=False, help="Publish to the Hub target (the stand-in unless the Hub is configured).")
 def tokenizer_command(data: str, out: Path | None, push: bool, **options: Any) -> None:
     """Train a byte-level BPE on DATA (hf://datasets/OWNER/NAME[@REV] or a published dataset folder) into OUT."""
     from codeparrot.services import ensure_storage
 
-    try:
-        cfg = TokenizerConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    # an invalid option is a pydantic ValidationError, which the CLI prints as one line (codeparrot.errors.explain)
+    cfg = TokenizerConfig(**{k: v for k, v in options.items() if v is not None})
     with ensure_storage(data, hub=push) as resolver:
         dataset = resolver.resolve(data)
         out = out or default_output(dataset.identity, cfg)

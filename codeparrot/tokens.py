@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from codeparrot.artifacts import Resolved
 from codeparrot.config import StageConfig
-from codeparrot.dataset import SPLITS, TEXT_COLUMN, split_files
-from codeparrot.errors import DataError
+from codeparrot.dataset import SPLITS, TEXT_COLUMN, iter_parquet_batches, parquet_file, split_files
+from codeparrot.errors import DataError, writing
 from codeparrot.hub import file_sha256
 from codeparrot.packing import token_dtype, write_tokens
 from codeparrot.storage import ABSENT, Conflict, Store
@@ -124,9 +123,9 @@ def tokenize_shard(
     source = dataset_dir / job.source
 
     def encode(group: int) -> list[list[int]]:
-        parquet = pq.ParquetFile(source)  # one reader per call: threads do not share a file handle
         ids: list[list[int]] = []
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=[TEXT_COLUMN], row_groups=[group]):
+        # one reader per call: threads do not share a file handle
+        for batch in iter_parquet_batches(source, batch_size=batch_size, columns=[TEXT_COLUMN], row_groups=[group]):
             # The backend tokenizer directly: no special tokens, no "longer than model_max_length" warnings.
             ids += [enc.ids for enc in backend.encode_batch_fast(batch.column(0).to_pylist(), add_special_tokens=False)]
         return ids
@@ -135,7 +134,7 @@ def tokenize_shard(
 
     def in_order() -> Iterator[list[list[int]]]:
         nonlocal files
-        groups = pq.ParquetFile(source).num_row_groups
+        groups = parquet_file(source).num_row_groups
         with ThreadPoolExecutor(threads) as pool:
             for start in range(0, groups, threads):
                 for ids in pool.map(encode, range(start, min(start + threads, groups))):
@@ -143,7 +142,8 @@ def tokenize_shard(
                     yield ids
 
     try:
-        count = write_tokens(in_order(), out, eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer))
+        with writing(out, "TMPDIR"):
+            count = write_tokens(in_order(), out, eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot tokenize {source}: {exc}") from exc
     return TokenShard(split=job.split, index=job.index, name=job.name, source=job.source, files=files,

@@ -9,8 +9,9 @@ them.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task
@@ -18,7 +19,7 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.tasks import exponential_backoff
 
 from codeparrot.config import StageConfig, short_hash
-from codeparrot.errors import is_transient
+from codeparrot.errors import explain, is_transient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +62,23 @@ def cached_call(task: Task[P, R], *args: Any, force: bool = False, outputs_prese
     if force or not outputs_present:
         task = task.with_options(refresh_cache=True)
     return task(*args, **kwargs)
+
+
+def explained(fn: Callable[P, R]) -> Callable[P, R]:
+    """Under `@task`: a failure `explain` recognises is raised as its one-line user error (the original as
+    its cause), so the task run's state message is what the CLI would print and retries see its kind."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            known = explain(exc)
+            if known is None or known is exc:
+                raise
+            raise known from exc
+
+    return run
 
 
 def retry_on_transient(_task: Any, _task_run: Any, state: Any) -> bool:

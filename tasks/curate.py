@@ -28,7 +28,7 @@ from codeparrot.curate.pipeline import (
     shard_folder,
 )
 from codeparrot.env import restored_environ
-from tasks._common import content_cache
+from tasks._common import content_cache, explained
 
 
 def _shard_content(_ctx: Any, inputs: dict[str, Any]) -> str:
@@ -40,6 +40,7 @@ def _shard_content(_ctx: Any, inputs: dict[str, Any]) -> str:
     cache_policy=content_cache("curate-shard", CURATE_VERSION, ignore=("shard",)) + CacheKeyFnPolicy(cache_key_fn=_shard_content),
     persist_result=True,
 )
+@explained
 def filter_shard_task(shard: Path, cfg: CurateConfig, work_dir: Path) -> ShardSummary:
     """License filter, heuristics and MinHash signatures of one shard."""
     summary = filter_shard(shard, cfg, work_dir)
@@ -52,6 +53,7 @@ def filter_shard_task(shard: Path, cfg: CurateConfig, work_dir: Path) -> ShardSu
     cache_policy=content_cache("curate-finalize", CURATE_VERSION, ignore=("workers",)),
     persist_result=True,
 )
+@explained
 def finalize_task(
     summaries: list[ShardSummary], cfg: CurateConfig, work_dir: Path, out_dir: Path, workers: int = 1
 ) -> CurateResult:

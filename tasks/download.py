@@ -14,10 +14,11 @@ from codeparrot.download import (
 )
 from codeparrot.export import ExportResult
 from codeparrot.gcp import GCPConfig
-from tasks._common import cached_call, content_cache, io_task_options
+from tasks._common import cached_call, content_cache, explained, io_task_options
 
 
 @task(name="download", cache_policy=content_cache("download", DOWNLOAD_VERSION), **io_task_options())
+@explained
 def download_task(export: ExportResult, cfg: DownloadConfig, gcp: GCPConfig) -> DownloadResult:
     """Mirror the export's shards into the local cache (verified, resumable)."""
     result = download(export, cfg, gcp, progress=False)

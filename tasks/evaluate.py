@@ -26,7 +26,7 @@ from codeparrot.evaluate.humaneval import VERSION as HUMANEVAL_VERSION
 from codeparrot.evaluate.model import model_identity
 from codeparrot.evaluate.perplexity import SPLIT, run_perplexity
 from codeparrot.tokens import MANIFEST
-from tasks._common import content_cache
+from tasks._common import content_cache, explained
 from tasks.hub import resolver
 
 EVALUATE_VERSION = f"1.{HUMANEVAL_VERSION}"
@@ -74,6 +74,7 @@ def _humaneval_with_artifact(model_dir: PathArg, cfg: EvalConfig, out_dir: PathA
 
 
 @task(name="perplexity", cache_policy=_cache("perplexity"), persist_result=True)
+@explained
 def perplexity_task(model_dir: PathArg, data_dir: PathArg, cfg: EvalConfig, hub_token_block: str | None = None) -> dict[str, Any]:
     """Validation loss and perplexity of a model folder on a dataset or token set (a reference or a folder)."""
     result = run_perplexity(
@@ -85,12 +86,14 @@ def perplexity_task(model_dir: PathArg, data_dir: PathArg, cfg: EvalConfig, hub_
 
 
 @task(name="humaneval", cache_policy=_cache("humaneval"), persist_result=True)
+@explained
 def humaneval_task(model_dir: PathArg, cfg: EvalConfig, out_dir: PathArg | None = None) -> dict[str, Any]:
     """HumanEval pass@k with sandboxed execution; the results table becomes a markdown artifact."""
     return _humaneval_with_artifact(model_dir, cfg, out_dir)
 
 
 @task(name="evaluate-model", cache_policy=_cache("evaluate-model"), persist_result=True)
+@explained
 def evaluate_model_task(
     model_dir: PathArg, data_dir: PathArg | None, cfg: EvalConfig, hub_token_block: str | None = None
 ) -> dict[str, Any]:
@@ -115,6 +118,7 @@ def evaluate_model_task(
 
 
 @task(name="sample-completions", cache_policy=_cache("sample-completions"), persist_result=True)
+@explained
 def samples_task(model_dir: PathArg, prompt: str, n: int = 3, max_new_tokens: int = 64, seed: int = 1) -> list[str]:
     """The seed's interactive check: n completions of a prompt, each cut at its first block."""
     from codeparrot.evaluate.generation import complete

@@ -12,6 +12,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks._common import explained
+
 DATASET_PUBLISHED = "codeparrot.dataset.published"
 TOKENIZER_PUBLISHED = "codeparrot.tokenizer.published"
 TOKENS_PUBLISHED = "codeparrot.tokens.published"
@@ -19,6 +21,7 @@ MODEL_PUBLISHED = "codeparrot.model.published"
 
 
 @task(name="announce", cache_policy=NO_CACHE)
+@explained
 def announce(event: str, resource: str, payload: dict[str, str], *, new: bool) -> None:
     """Emit `event` about `resource` (e.g. codeparrot.dataset.OWNER/NAME) with the references in `payload`."""
     from prefect.events import emit_event

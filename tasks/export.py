@@ -13,10 +13,11 @@ from codeparrot.export import (
     run_export,
 )
 from codeparrot.gcp import GCPConfig, bigquery_client, service_errors
-from tasks._common import cached_call, content_cache, io_task_options, markdown_table
+from tasks._common import cached_call, content_cache, explained, io_task_options, markdown_table
 
 
 @task(name="export", cache_policy=content_cache("export", EXPORT_VERSION), **io_task_options())
+@explained
 def export_task(cfg: ExportConfig, gcp: GCPConfig) -> ExportResult:
     """Materialise and export the query (reuses a complete export with the same snapshot and query)."""
     result = run_export(cfg, gcp)

@@ -18,7 +18,7 @@ from codeparrot.tokens import (
     tokenize_and_upload,
 )
 from codeparrot.train.data import load_tokenizer
-from tasks._common import io_task_options
+from tasks._common import explained, io_task_options
 from tasks.hub import resolver
 
 # The token set's manifest is the cache: a committed set is found by its location, so tasks keep no
@@ -27,6 +27,7 @@ _OPTIONS = {**io_task_options(), "cache_policy": NO_CACHE, "persist_result": Fal
 
 
 @task(name="plan-token-shards", **_OPTIONS)
+@explained
 def plan_task(dataset: str, hub_token_block: str | None = None) -> list[ShardJob]:
     """The Parquet shards of a pinned dataset, one job each (the dataset is fetched to this machine once)."""
     jobs = plan(resolver(hub_token_block).resolve(dataset).path)
@@ -35,6 +36,7 @@ def plan_task(dataset: str, hub_token_block: str | None = None) -> list[ShardJob
 
 
 @task(name="tokenize-shard", **_OPTIONS)
+@explained
 def tokenize_shard_task(
     dataset: str, tokenizer: str, job: ShardJob, store_uri: str, cfg: PretokenizeConfig, hub_token_block: str | None = None
 ) -> TokenShard:
@@ -46,6 +48,7 @@ def tokenize_shard_task(
 
 
 @task(name="commit-token-set", **_OPTIONS)
+@explained
 def commit_task(dataset: str, tokenizer: str, shards: list[TokenShard], store_uri: str, hub_token_block: str | None = None) -> TokenSet:
     """Write the manifest last: only now does the token set exist for the trainer."""
     res = resolver(hub_token_block)

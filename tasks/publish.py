@@ -12,7 +12,7 @@ from codeparrot.download import DownloadResult
 from codeparrot.errors import DataError
 from codeparrot.export import ExportResult
 from codeparrot.publish import PUBLISH_VERSION, PublishConfig, PublishResult, publish
-from tasks._common import cached_call, content_cache, io_task_options
+from tasks._common import cached_call, content_cache, explained, io_task_options
 from tasks.hub import resolver
 
 
@@ -34,6 +34,7 @@ def provenance(exported: ExportResult, local: DownloadResult, curated: CurateRes
 
 
 @task(name="publish", cache_policy=content_cache("publish", PUBLISH_VERSION, ignore=("hub_token_block",)), **io_task_options())
+@explained
 def publish_task(curated: CurateResult, cfg: PublishConfig, prov: dict[str, Any], hub_token_block: str | None) -> PublishResult:
     """Split, write Parquet + card, push to the Hub target; returns the dataset's hf://...@REV URI."""
     result = publish(curated.out_dir, cfg, hub=resolver(hub_token_block).hub, provenance=prov)
@@ -45,6 +46,7 @@ def publish_task(curated: CurateResult, cfg: PublishConfig, prov: dict[str, Any]
 
 
 @task(name="refresh-report", cache_policy=content_cache("refresh-report", PUBLISH_VERSION), persist_result=True)
+@explained
 def report_task(exported: ExportResult, curated: CurateResult, published: PublishResult) -> None:
     """One table: records in, kept and dropped per stage and reason; in = kept + dropped at every stage."""
     published_files = sum(st.files for st in published.splits.values())

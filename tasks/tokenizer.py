@@ -16,11 +16,12 @@ from codeparrot.tokenizer import (
     push_tokenizer,
     train_tokenizer,
 )
-from tasks._common import cached_call, content_cache, io_task_options
+from tasks._common import cached_call, content_cache, explained, io_task_options
 from tasks.hub import resolver
 
 
 @task(name="tokenizer", cache_policy=content_cache("tokenizer", TOKENIZER_VERSION, ignore=("hub_token_block",)), persist_result=True)
+@explained
 def tokenizer_task(dataset: str, cfg: TokenizerConfig, hub_token_block: str | None = None) -> TokenizerResult:
     """Train and evaluate the tokenizer on a pinned dataset reference (cached on the reference + config)."""
     data = resolver(hub_token_block).resolve(dataset)
@@ -33,6 +34,7 @@ def tokenizer_task(dataset: str, cfg: TokenizerConfig, hub_token_block: str | No
 
 
 @task(name="push-tokenizer", **io_task_options())
+@explained
 def push_tokenizer_task(result: TokenizerResult, cfg: TokenizerConfig, hub_token_block: str | None) -> TokenizerResult:
     """Publish to the Hub target (token from the Secret block or HF_TOKEN); the result with its hf:// URI."""
     pushed = push_tokenizer(result, cfg, resolver(hub_token_block).hub)

@@ -33,7 +33,7 @@ from codeparrot.train.launch import (
     train_arguments,
     trainer_environment,
 )
-from tasks._common import io_task_options
+from tasks._common import explained, io_task_options
 from tasks.hub import hub_token, resolver
 
 METRICS_FILE = "metrics.jsonl"  # codeparrot.train.loop.METRICS_FILE, without importing torch here
@@ -62,6 +62,7 @@ def retry_if_preempted(_task: Any, _task_run: Any, state: Any) -> bool:
     retry_condition_fn=retry_if_preempted,
     cache_policy=NO_CACHE,  # the run folder is the cache: a finished run returns at once
 )
+@explained
 def train_model(
     config: TrainConfig,
     data: str,
@@ -158,6 +159,7 @@ def loss_curve(metrics_path: Path, max_rows: int = LOSS_CURVE_ROWS) -> list[dict
 
 
 @task(name="publish-model", cache_policy=NO_CACHE, **{k: v for k, v in io_task_options().items() if k != "persist_result"})
+@explained
 def publish_model_task(model_dir: str, repo: str, evaluation: dict[str, Any] | None, hub_token_block: str | None = None) -> PushResult:
     """The final model with its card (lineage, evaluation) to the Hub target; its hf://OWNER/NAME@REV."""
     pushed = publish_model(model_dir, repo, resolver(hub_token_block).hub, evaluation=evaluation)

@@ -42,6 +42,17 @@ def test_local_paths_and_file_uris_are_absolute_paths(tmp_path, monkeypatch) -> 
     assert ArtifactRef.parse(tmp_path).scheme == "local" and ArtifactRef.parse(tmp_path).pinned
 
 
+@pytest.mark.parametrize("form", ["file://{p}", "file://localhost{p}", "file://LOCALHOST{p}", "file:{p}", "FILE://{p}"])
+def test_every_local_form_of_a_file_uri_is_the_path(tmp_path, form) -> None:
+    folder = tmp_path / "a b%"
+    uri = form.format(p=folder)
+    assert ArtifactRef.parse(uri) == ArtifactRef.parse(folder)
+    assert ArtifactRef.parse(folder.as_uri()).path == str(folder)  # %-escaped, as Path.as_uri() writes it
+    from codeparrot.storage import open_store
+
+    assert open_store(folder.as_uri()).local_path() == folder
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -60,6 +71,8 @@ def test_local_paths_and_file_uris_are_absolute_paths(tmp_path, monkeypatch) -> 
         ("gs://bucket/a/../../b", "may not contain '.', '..'"),
         ("gs://bucket/a//b", "empty parts"),
         ("file://relative/path", "absolute path"),
+        ("file://otherhost/abs/path", "names host 'otherhost'"),
+        ("file:relative", "absolute path"),
         ("", "empty artifact reference"),
     ],
 )

@@ -118,3 +118,21 @@ def test_killing_the_gcs_emulator_mid_download_ends_with_identical_files(service
     assert restarted.is_set() and 1 <= landed_at_kill[0] < 12  # the emulator died mid-download
     assert local_bytes(result) == {n.rsplit("/", 1)[1]: d for n, d in payloads.items()}
     assert all(file_crc32c(Path(f.path)) == f.crc32c for f in result.files)
+
+
+def test_a_full_disk_names_the_file_and_the_cache_setting(gcp, tmp_path, monkeypatch):
+    import errno
+
+    from codeparrot import download as dl
+    from codeparrot.errors import DiskFull
+
+    upload_shards(gcp, "dl-test", "full", 1)
+
+    def no_space(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl.os, "fsync", no_space)
+    target = tmp_path / "dl-test" / "full" / "file-000000000000.json.gz"
+    with pytest.raises(DiskFull, match=rf"^no space left on device writing {target}: free space or point --cache-dir \(or CODEPARROT_HOME\) elsewhere$"):
+        download("gs://dl-test/full", DownloadConfig(cache_dir=tmp_path), gcp, progress=False)
+    assert not [p for p in target.parent.iterdir() if ".part-" in p.name]

@@ -105,3 +105,60 @@ def test_cli_trains_evaluates_and_reuses(data, tmp_path, capsys):
     assert "reused tokenizer" in capsys.readouterr().out
     assert main(["tokenizer", str(data), str(tmp_path / "x"), "--vocab-size", "300", "--baseline-vocab-size", "400"]) == 2
     assert "must be smaller than vocab_size" in capsys.readouterr().err
+
+
+def one_error(stderr: str) -> str:
+    """The one `error:` line of a failed command, with no traceback."""
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
+    return line
+
+
+def test_a_vocab_size_alone_derives_the_baseline_and_file_uris_are_local_paths(data, tmp_path, capsys):
+    assert TokenizerConfig(vocab_size=2048).baseline_vocab_size == 512  # a quarter, as 8,192 of 32,768
+    assert TokenizerConfig().baseline_vocab_size == 8192 and TokenizerConfig(vocab_size=300).baseline_vocab_size == 257
+    out = tmp_path / "tok2048"
+    # the localhost form of a file:// URI (RFC 8089), as some tools print it
+    assert main(["tokenizer", f"file://localhost{data}", str(out), "--vocab-size", "2048"]) == 0
+    assert "saved tokenizer" in capsys.readouterr().out
+    assert json.loads((out / "eval.json").read_text())["baseline_vocab_size"] == 512
+
+
+def test_a_corrupt_parquet_shard_is_one_line_naming_the_file(data, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (shard,) = sorted((broken / "data").glob("train-*.parquet"))[:1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # the footer is gone
+    assert main(["tokenizer", str(broken), str(tmp_path / "out"), "--vocab-size", "400"]) == 2
+    err = one_error(capsys.readouterr().err)
+    assert err.startswith(f"error: {shard} is not a readable Parquet file (") and "fetch or publish the dataset again" in err
+
+
+def test_a_push_removes_staging_folders_of_killed_pushes_but_not_of_live_ones(trained, tmp_path):
+    import fcntl
+    import os
+    import time
+
+    from codeparrot.hub import STAGING_LOCK, StandIn
+    from codeparrot.storage import LocalStore
+    from codeparrot.tokenizer import push_tokenizer
+
+    _, result = trained
+    staging = tmp_path / "staging"
+    dead = staging / "tokenizer-dead"  # its push was killed: the lock file is there, nobody holds it
+    (dead / "tok").mkdir(parents=True)
+    (dead / STAGING_LOCK).touch()
+    old = staging / "tokenizer-old"  # made by a release without locks, two hours ago
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    young = staging / "publish-young"  # the same, but a minute old: maybe still in use
+    young.mkdir()
+    live = staging / "model-live"  # a concurrent push: holds its lock
+    live.mkdir()
+    with open(live / STAGING_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        pushed = push_tokenizer(result, SMALL, StandIn(LocalStore(tmp_path / "hub")), staging=staging)
+    assert pushed.uri.startswith("hf://codeparrot/codeparrot-tokenizer@")
+    assert sorted(p.name for p in staging.iterdir()) == ["model-live", "publish-young"]

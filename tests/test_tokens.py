@@ -123,3 +123,28 @@ def test_a_shards_bytes_do_not_depend_on_the_thread_count(sharded, tmp_path) -> 
     one = tokenize_shard(data, job, tok, tmp_path / "one.bin", threads=1)
     four = tokenize_shard(data, job, tok, tmp_path / "four.bin", threads=4, batch_size=3)
     assert one.sha256 == four.sha256 and one.files == four.files == pq.ParquetFile(data / job.source).metadata.num_rows
+
+
+def test_a_corrupt_parquet_shard_or_a_full_disk_names_the_file(sharded, tmp_path, monkeypatch) -> None:
+    import errno
+    import shutil
+
+    from codeparrot import tokens
+    from codeparrot.errors import DataError, DiskFull
+
+    data, tok = sharded
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    job = plan(broken)[1]
+    source = broken / job.source
+    source.write_bytes(source.read_bytes()[:-100])  # the footer is gone
+    with pytest.raises(DataError, match=rf"^{source} is not a readable Parquet file \(.*fetch or publish the dataset again$"):
+        tokenize_shard(broken, job, load_tokenizer(tok), tmp_path / "out.bin", threads=2)
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tokens, "write_tokens", no_space)
+    out = tmp_path / "full.bin"
+    with pytest.raises(DiskFull, match=rf"^no space left on device writing {out}: free space or point TMPDIR elsewhere$"):
+        tokenize_shard(data, plan(data)[0], load_tokenizer(tok), out)

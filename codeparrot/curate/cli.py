@@ -38,7 +38,7 @@ def _report(result: object, out_dir: Path) -> None:
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable line instead of counting it.")
 @click.option("--workers", type=int, default=None, help=_WORKERS_HELP)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Intermediate files (default: OUT_DIR/_work, removed on success).")
+              help="Intermediate files (default: OUT_DIR/_work, removed when done or failed; a given folder is kept for reruns).")
 def curate(
     in_dir: Path,
     out_dir: Path,
@@ -84,7 +84,7 @@ def curate(
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable line instead of counting it.")
 @click.option("--workers", type=int, default=None, help=_WORKERS_HELP)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Intermediate files (default: OUT_DIR/_work, removed on success).")
+              help="Intermediate files (default: OUT_DIR/_work, removed when done or failed; a given folder is kept for reruns).")
 def dedup(
     in_dir: Path,
     out_dir: Path,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from codeparrot.errors import DataError
-from codeparrot.shards import BadRecord, Record, _parse_line
+from codeparrot.shards import NOT_GZIP, BadRecord, Record, _parse_line
 
 try:  # optional: a faster, compatible zlib (ISA-L)
     from isal import isal_zlib as _zlib
@@ -47,7 +47,7 @@ def _inflate(path: str) -> Iterator[bytes]:
         if not data:
             return
         if not data.startswith(_GZIP_MAGIC):
-            raise _StreamError("bad-gzip", f"not a gzip file (magic {data[:2]!r})")
+            raise _StreamError(NOT_GZIP, f"not a gzip file (it starts with {data[:8]!r}): re-download or remove it")
         d = _zlib.decompressobj(31)
         while True:
             if not data:

@@ -63,13 +63,13 @@ from codeparrot.curate.minhash import (
     signatures,
     token_sets,
 )
-from codeparrot.errors import ConfigError, DataError
-from codeparrot.shards import BadRecord, ShardWriter, list_shards
+from codeparrot.errors import ConfigError, DataError, writing
+from codeparrot.shards import NOT_GZIP, BadRecord, ShardWriter, list_shards
 from codeparrot.storage import locked
 
 log = logging.getLogger(__name__)
 
-CURATE_VERSION = "1"
+CURATE_VERSION = "2"  # 2: a shard that is not gzip is set aside as a bad shard, not counted as a record
 DONE = "_DONE.json"
 SUCCESS = "_SUCCESS"
 STATS_JSON = "stats.json"
@@ -83,6 +83,14 @@ _BATCH_BYTES = 1 << 20
 _BATCH_DOCS = min(4096, MAX_BATCH_DOCS)
 
 
+class BadShard(BaseModel):
+    """A shard that holds no readable records at all (e.g. not gzip): set aside and reported, not counted."""
+
+    shard: str
+    reason: str
+    detail: str
+
+
 class ShardSummary(BaseModel):
     """What `filter_shard` did with one shard: counts and where its intermediate files are; no records."""
 
@@ -94,6 +102,7 @@ class ShardSummary(BaseModel):
     survivors: int
     dropped: dict[str, int]
     unknown_licenses: dict[str, int] = {}
+    bad: BadShard | None = None
 
 
 class CurateResult(BaseModel):
@@ -108,12 +117,16 @@ class CurateResult(BaseModel):
     exact_dup_clusters: int
     near_dup_clusters: int
     table: str
+    bad_shards: list[BadShard] = []
 
     def identity(self) -> str:
         return self.content_hash
 
+    def set_aside(self) -> dict[str, int]:
+        return dict(Counter(b.reason for b in self.bad_shards))
+
     def text_table(self) -> str:
-        return stats.text_table(self.records_in, self.kept, self.dropped)
+        return stats.text_table(self.records_in, self.kept, self.dropped, self.set_aside())
 
 
 def file_sha256(path: Path) -> str:
@@ -246,7 +259,7 @@ class _Survivors:
 
 def shard_folder(shard: Path, sha256: str, cfg: CurateConfig, work_dir: Path) -> Path:
     name = shard.name.removesuffix(".gz").removesuffix(".json")
-    return Path(work_dir) / f"{name}-{short_hash(sha256, cfg.shard_fingerprint())}"
+    return Path(work_dir) / f"{name}-{short_hash(CURATE_VERSION, sha256, cfg.shard_fingerprint())}"
 
 
 def filter_shard(shard: Path, cfg: CurateConfig, work_dir: Path) -> ShardSummary:
@@ -291,8 +304,16 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
     sink = _Dropped(tmp / DROPPED, final.name, cfg.write_dropped)
     survivors = _Survivors(tmp, cfg)
     records_in = 0
+    bad: BadShard | None = None
     try:
         for item, line in read_shard_lines(shard, strict=cfg.strict):
+            if isinstance(item, BadRecord) and item.reason == NOT_GZIP:  # no records at all: a bad shard
+                bad = BadShard(shard=str(shard), reason=item.reason, detail=item.detail)
+                log.warning("%s is not a gzip file: set aside as a bad shard", shard)
+                if cfg.write_dropped:
+                    (tmp / DROPPED / NOT_GZIP).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(shard, tmp / DROPPED / NOT_GZIP / shard.name)
+                continue
             records_in += 1
             if isinstance(item, BadRecord):
                 dropped[item.reason] += 1
@@ -316,7 +337,7 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                     sink.write(reason, line)
                     continue
             survivors.add(item, line, doc.raw, digest)
-        if records_in == 0:
+        if records_in == 0 and bad is None:
             if cfg.strict:
                 raise DataError(f"{shard}: empty shard, no records (rerun without --strict to count it and go on)")
             records_in = 1
@@ -338,6 +359,7 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
         survivors=n,
         dropped=stats.ordered(dropped),
         unknown_licenses=dict(sorted(unknown.items())),
+        bad=bad,
     )
     stats.check_balance(records_in, n, dropped)
     return summary
@@ -595,6 +617,8 @@ def _finalize(
         kept = int(alive.sum())
         records_in = sum(s.records_in for s in summaries)
         stats.check_balance(records_in, kept, dropped)
+        bad_shards = sorted((s.bad for s in summaries if s.bad is not None), key=lambda b: b.shard)
+        set_aside = dict(Counter(b.reason for b in bad_shards))
         content_hash = hashlib.sha256(f"{CURATE_VERSION}:".encode() + "".join(h for _, h in written).encode()).hexdigest()
         n_clusters = _write_clusters(corpus, out_dir, exact_groups, near_groups)
         if cfg.write_dropped:
@@ -608,13 +632,15 @@ def _finalize(
         shards=[name for name, _ in written],
         exact_dup_clusters=len(exact_groups),
         near_dup_clusters=len(near_groups),
-        table=stats.markdown_table(records_in, kept, dropped),
+        table=stats.markdown_table(records_in, kept, dropped, set_aside),
+        bad_shards=bad_shards,
     )
     doc = {
         "records_in": records_in,
         "kept": kept,
         "dropped": result.dropped,
         "unknown_licenses": dict(sorted(unknown.items())),
+        "bad_shards": [b.model_dump() for b in bad_shards],
         "shards_in": len(summaries),
         "shards_out": len(written),
         "exact_dup_clusters": n_clusters[0],
@@ -625,6 +651,11 @@ def _finalize(
     }
     _atomic_write(out_dir / STATS_JSON, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     _atomic_write(out_dir / STATS_MD, (result.table + "\n").encode())
+    if kept == 0:  # the stats stay for a look; no marker, so nothing downstream takes this as a result
+        raise DataError(
+            f"nothing to publish from {len(summaries)} shards: {stats.summary_line(records_in, kept, dropped, set_aside)}: "
+            f"check the input shards and the license and filter settings (counts in {out_dir / STATS_JSON})"
+        )
     _atomic_write(out_dir / SUCCESS, orjson.dumps({"key": key, "result": result.model_dump()}, option=orjson.OPT_INDENT_2))
     log.info(
         "curated %d -> %d records (%.1fs dedup, %.1fs writing), near-dedup %s",
@@ -723,24 +754,43 @@ def map_shards(
     workers: int,
     progress: bool = False,
 ) -> list[ShardSummary]:
-    """Run `fn` over shards, biggest first, in a process pool (in-process for one worker)."""
+    """Run `fn` over shards, biggest first, in a process pool (in-process, in order, for one worker).
+
+    When shards fail, the error raised is that of the first failing shard in input order, whichever
+    worker failed first: the shards before it still run (one of them may fail too), those after it are
+    cancelled.
+    """
+    position = {shard: i for i, shard in enumerate(shards)}
     todo = sorted(shards, key=lambda p: (-p.stat().st_size, p.name))
     context = _pool_context()  # before tqdm, which starts a monitor thread
     bar = tqdm(total=len(todo), desc="curate shards", unit="shard", disable=not progress)
     out: dict[Path, ShardSummary] = {}
+    failed: dict[Path, Exception] = {}
     try:
         if workers <= 1 or len(todo) <= 1:
-            for shard in todo:
+            for shard in shards:
                 out[shard] = fn(shard)
                 bar.update()
         else:
             with ProcessPoolExecutor(pool_size(len(todo), workers), mp_context=context) as pool:
                 futures = {pool.submit(fn, shard): shard for shard in todo}
                 for future in as_completed(futures):
-                    out[futures[future]] = future.result()
+                    shard = futures[future]
+                    if future.cancelled():
+                        continue
+                    try:
+                        out[shard] = future.result()
+                    except Exception as exc:
+                        failed[shard] = exc
+                        first = min(failed, key=position.__getitem__)
+                        for f, s in futures.items():
+                            if position[s] > position[first]:
+                                f.cancel()
                     bar.update()
     finally:
         bar.close()
+    if failed:
+        raise failed[min(failed, key=position.__getitem__)]
     return [out[s] for s in shards]
 
 
@@ -780,10 +830,19 @@ def curate(
         log.info("%s is already curated from these shards with this config: nothing to do", out_dir)
         return done
     work = Path(work_dir) if work_dir is not None else out_dir / "_work"
+    made_out = not out_dir.exists()
     t0 = time.perf_counter()
-    summaries = map_shards(shards, _ShardJob(cfg, work), workers=workers, progress=progress)
-    log.info("filtered %d shards in %.1fs with %d workers", len(shards), time.perf_counter() - t0, workers)
-    result = finalize(summaries, cfg, work, out_dir, workers=workers)
+    try:
+        with writing(out_dir if work_dir is None else work, "OUT_DIR (or --work-dir)"):
+            summaries = map_shards(shards, _ShardJob(cfg, work), workers=workers, progress=progress)
+            log.info("filtered %d shards in %.1fs with %d workers", len(shards), time.perf_counter() - t0, workers)
+            result = finalize(summaries, cfg, work, out_dir, workers=workers)
+    except BaseException:
+        if work_dir is None and not keep_work:  # a given --work-dir is kept: a rerun reuses its finished shards
+            shutil.rmtree(work, ignore_errors=True)
+            if made_out and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise
     if work_dir is None and not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return result

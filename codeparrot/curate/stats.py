@@ -1,4 +1,8 @@
-"""Drop counts per reason, the in = kept + dropped invariant, and the human-readable tables."""
+"""Drop counts per reason, the in = kept + dropped invariant, and the human-readable tables.
+
+Records are counted per reason; a shard that cannot be read at all (not gzip) holds no records to count
+and is reported as a shard set aside, by reason, below the record counts.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +40,11 @@ def check_balance(records_in: int, kept: int, dropped: Mapping[str, int]) -> Non
         raise AssertionError(f"records in ({records_in}) != kept ({kept}) + dropped ({total - kept}): a record was lost")
 
 
-def rows(records_in: int, kept: int, dropped: Mapping[str, int]) -> list[dict[str, str]]:
-    """Table rows: records in, then each drop reason, then kept, with shares of the input."""
+def rows(
+    records_in: int, kept: int, dropped: Mapping[str, int], set_aside: Mapping[str, int] | None = None
+) -> list[dict[str, str]]:
+    """Table rows: records in, then each drop reason, then kept, with shares of the input; then the shards
+    set aside per reason (`set_aside`), which hold no countable records."""
 
     def share(n: int) -> str:
         return f"{100 * n / records_in:.2f}%" if records_in else "-"
@@ -45,20 +52,31 @@ def rows(records_in: int, kept: int, dropped: Mapping[str, int]) -> list[dict[st
     out = [{"": "records in", "count": str(records_in), "share": share(records_in)}]
     out += [{"": f"dropped: {reason}", "count": str(n), "share": share(n)} for reason, n in ordered(dropped).items()]
     out.append({"": "kept", "count": str(kept), "share": share(kept)})
+    out += [{"": f"shards set aside: {reason}", "count": str(n), "share": "-"} for reason, n in sorted((set_aside or {}).items())]
     return out
 
 
-def text_table(records_in: int, kept: int, dropped: Mapping[str, int]) -> str:
+def summary_line(records_in: int, kept: int, dropped: Mapping[str, int], set_aside: Mapping[str, int] | None = None) -> str:
+    """The counts in one line: '0 of 4 records kept (license:gpl-3.0 3, bad-gzip 1); 1 shard set aside (not-gzip 1)'."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in ordered(dropped).items()) or "nothing dropped"
+    line = f"{kept} of {records_in} records kept ({reasons})"
+    if set_aside:
+        n = sum(set_aside.values())
+        line += f"; {n} shard{'s' * (n != 1)} set aside ({', '.join(f'{r} {c}' for r, c in sorted(set_aside.items()))})"
+    return line
+
+
+def text_table(records_in: int, kept: int, dropped: Mapping[str, int], set_aside: Mapping[str, int] | None = None) -> str:
     """A fixed-width table for the terminal."""
-    table = rows(records_in, kept, dropped)
+    table = rows(records_in, kept, dropped, set_aside)
     width = max(len(r[""]) for r in table)
     num = max(len(r["count"]) for r in table)
     return "\n".join(f"{r['']:<{width}}  {r['count']:>{num}}  {r['share']:>7}" for r in table)
 
 
-def markdown_table(records_in: int, kept: int, dropped: Mapping[str, int]) -> str:
+def markdown_table(records_in: int, kept: int, dropped: Mapping[str, int], set_aside: Mapping[str, int] | None = None) -> str:
     """The same table in GitHub markdown, for Prefect artifacts and stats.md."""
-    table = rows(records_in, kept, dropped)
+    table = rows(records_in, kept, dropped, set_aside)
     lines = ["| | count | share |", "|---|---:|---:|"]
     lines += [f"| {r['']} | {r['count']} | {r['share']} |" for r in table]
     return "\n".join(lines)

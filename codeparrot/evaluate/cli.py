@@ -66,8 +66,11 @@ def perplexity(
         f"({result.blocks} blocks of {result.seq_length} tokens)"
     )
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        from codeparrot.errors import writing
+
+        with writing(json_path, "--json"):
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 @click.command()

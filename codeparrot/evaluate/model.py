@@ -85,9 +85,22 @@ def load_model(
         raise DataError(f"cannot load the model in {folder}: {exc}") from exc
     if tokenizer.eos_token_id is None:
         raise DataError(f"the tokenizer in {folder} has no eos token: train it with codeparrot.tokenizer")
+    check_vocabulary(model, tokenizer, folder)
     model.to(dev).eval()
     log.info("loaded %s (%.1fM parameters) on %s as %s", folder, model.num_parameters() / 1e6, dev, torch_dtype)
     return model, tokenizer
+
+
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Refuse a tokenizer with more tokens than the model has embeddings: its higher ids would index past
+    the embedding table (an IndexError in the middle of a forward pass) or sample ids it cannot decode."""
+    embeddings = model.get_input_embeddings()
+    vocab = getattr(embeddings, "num_embeddings", None) or getattr(model.config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise DataError(
+            f"vocabulary mismatch in {folder}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary "
+            f"{vocab}: put the tokenizer the model was trained with next to it (or train with this one)"
+        )
 
 
 def context_length(model: PreTrainedModel) -> int:

@@ -25,7 +25,7 @@ from codeparrot import packing
 from codeparrot.config import short_hash
 from codeparrot.dataset import content_hash, iter_text_batches
 from codeparrot.env import home
-from codeparrot.errors import DataError
+from codeparrot.errors import DataError, writing
 from codeparrot.evaluate.model import context_length, load_model, model_identity
 from codeparrot.tokens import MANIFEST, open_token_set
 
@@ -76,9 +76,10 @@ def valid_tokens(
     tokens = packing.open_token_file(path)
     if tokens is None:
         log.info("tokenizing %s/%s into %s", data_dir, SPLIT, path)
-        count = packing.write_token_file(
-            _token_batches(tokenizer, data_dir), path, eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer)
-        )
+        with writing(path, "--cache-dir (or CODEPARROT_HOME)"):
+            count = packing.write_token_file(
+                _token_batches(tokenizer, data_dir), path, eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer)
+            )
         log.info("%d tokens", count)
         tokens = packing.open_token_file(path)
         if tokens is None:  # pragma: no cover - write_token_file just wrote both files

@@ -14,7 +14,6 @@ inspection) and refuses to start over, without deleting anything, when checkpoin
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from codeparrot.errors import CodeParrotError, ServiceError
+from codeparrot.errors import NO_SPACE, CodeParrotError, DiskFull, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,6 @@ DISK_FULL_BYTES = 16 * 2**20
 
 class CheckpointError(CodeParrotError):
     """Checkpoints exist but none can be resumed; the message lists why each failed and what to do."""
-
-
-class DiskFull(CodeParrotError):
-    """No space left where a checkpoint is written; the message names the folder."""
 
 
 def step_name(step: int) -> str:
@@ -435,7 +430,7 @@ def save_file(save: Any, obj: Any, path: Path) -> None:
         save(obj, path)
     except (OSError, RuntimeError) as exc:
         free = _free_bytes(path.parent)
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = isinstance(exc, OSError) and exc.errno in NO_SPACE
         if not (full or (free is not None and free < DISK_FULL_BYTES) or _write_fails_for_space(path)):
             raise
         path.unlink(missing_ok=True)
@@ -453,7 +448,7 @@ def _write_fails_for_space(path: Path) -> bool:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return exc.errno in NO_SPACE
     return False
 
 

@@ -30,6 +30,7 @@ from codeparrot.env import home
 from codeparrot.errors import ConfigError
 from codeparrot.locks import RunLock, lock_for
 from codeparrot.model_card import SUMMARY_FILE
+from codeparrot.storage import file_uri_path
 from codeparrot.tokens import open_token_set
 from codeparrot.train import checkpoint as ckpt
 from codeparrot.train.config import TrainConfig
@@ -92,7 +93,7 @@ def train(
 def _inside(location: str, folder: Path) -> bool:
     if location.startswith("gs://"):
         return False
-    return Path(location.removeprefix("file://")).absolute().is_relative_to(folder.absolute())
+    return Path(file_uri_path(location)).absolute().is_relative_to(folder.absolute())
 
 
 def _run(

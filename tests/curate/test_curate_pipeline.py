@@ -111,7 +111,10 @@ def all_reasons_corpus(folder: Path, tools: SimpleNamespace) -> None:
     raw = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in good[2:]))
     (folder / "b.json.gz").write_bytes(raw[: len(raw) // 2])  # truncated mid-stream
     (folder / "c.json.gz").write_bytes(b"")  # empty
-    (folder / "d.json.gz").write_bytes(b"this is not gzip\n")
+    (folder / "d.json.gz").write_bytes(b"this is not gzip\n")  # a bad shard: set aside, no records to count
+    bad_crc = bytearray(gzip.compress(b"\n"))
+    bad_crc[-6] ^= 1
+    (folder / "e.json.gz").write_bytes(bytes(bad_crc))
 
 
 def test_every_record_is_counted_under_one_reason(tools: SimpleNamespace, tmp_path: Path) -> None:
@@ -134,6 +137,13 @@ def test_every_record_is_counted_under_one_reason(tools: SimpleNamespace, tmp_pa
         folder = dropped / reason.replace(":", "_")
         assert sum(len(gzip.decompress(p.read_bytes()).splitlines()) for p in folder.glob("*.json.gz")) == n, reason
     assert "| kept | 4 |" in result.table
+    # the non-gzip shard is a bad shard: reported by name, copied aside as it was, not counted as a record
+    bad = tmp_path / "in" / "d.json.gz"
+    assert [(b["shard"], b["reason"]) for b in stats["bad_shards"]] == [(str(bad), "not-gzip")]
+    assert [(b.shard, b.reason) for b in result.bad_shards] == [(str(bad), "not-gzip")]
+    assert (dropped / "not-gzip" / "d.json.gz").read_bytes() == bad.read_bytes()
+    assert "| shards set aside: not-gzip | 1 | - |" in result.table
+    assert "shards set aside: not-gzip" in result.text_table()
 
 
 def test_strict_fails_naming_shard_and_line(tools: SimpleNamespace, tmp_path: Path) -> None:

@@ -83,3 +83,58 @@ def test_user_errors_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err
     assert "Traceback" not in err
+
+
+def one_error(stderr: str) -> str:
+    """The one `error:` line of a failed command, with no traceback."""
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
+    return line
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's 512-token tokenizer next to an (untrained) model with only 256 embeddings."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    folder = tmp_path_factory.mktemp("small-vocab")
+    for path in tiny_model.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(path, folder / path.name)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=128, vocab_size=256, bos_token_id=0, eos_token_id=0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["perplexity", "generate"])
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(
+    command: str, small_vocab_model: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rest = ["--data", str(tiny_dataset), "--cache-dir", str(tmp_path)] if command == "perplexity" else ["def f(", "-n", "1"]
+    assert main([command, str(small_vocab_model), *rest]) == 2
+    err = one_error(capsys.readouterr().err)
+    assert err.startswith(f"error: vocabulary mismatch in {small_vocab_model}: the tokenizer has 512 tokens, the model's vocabulary 256")
+
+
+def test_a_corrupt_valid_shard_is_one_line_naming_it(
+    tiny_model: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    (shard,) = (broken / "data").glob("valid-*.parquet")
+    shard.write_bytes(b"PAR1" + bytes(100))  # the magic, then nothing a reader can use
+    assert main(["perplexity", str(tiny_model), "--data", str(broken), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = one_error(capsys.readouterr().err)
+    assert err.startswith(f"error: {shard} is not a readable Parquet file (")
+
+
+def test_a_full_disk_names_the_file_and_the_option(
+    tiny_model: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["perplexity", str(tiny_model), "--data", str(tiny_dataset), "--cache-dir", str(tmp_path), "--json", "/dev/full"]
+    assert main(argv) == 2  # /dev/full: every write fails with ENOSPC
+    assert one_error(capsys.readouterr().err) == "error: no space left on device writing /dev/full: free space or point --json elsewhere"
