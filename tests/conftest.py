@@ -14,6 +14,7 @@ import codeparrot  # noqa: F401 - applies the offline / telemetry environment be
 if TYPE_CHECKING:
     from codeparrot.gcp import GCPConfig
     from codeparrot.services.emulators import EmbeddedServices, Endpoints
+    from codeparrot.storage import Store
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,3 +78,14 @@ def gcp(embedded_services: Endpoints) -> GCPConfig:
         retry_deadline_s=60,
     )
 
+
+
+@pytest.fixture(params=["local", "gcs"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """An empty Store on a local disk, then on the GCS emulator: what holds for one must hold for both."""
+    from codeparrot.storage import GCSStore, LocalStore
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    request.getfixturevalue("embedded_services")
+    return GCSStore(f"gs://store-tests/{tmp_path.name}")

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from codeparrot.locks import FileLock, Holder, LeaseLock, LockHeld, LockLost, lock_for
-from codeparrot.storage import GCSStore, LocalStore, Store
 
 HOLD = """
 import sys, time
@@ -45,14 +44,6 @@ def test_a_second_process_fails_at_once_naming_the_holder_and_a_killed_holder_fr
         assert isinstance(lock, FileLock)
         assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
     assert (run / ".lock").read_text() == ""  # released: no holder named any more
-
-
-@pytest.fixture(params=["local", "gcs"])
-def store(request, tmp_path) -> Store:
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    request.getfixturevalue("embedded_services")
-    return GCSStore(f"gs://lock-tests/{tmp_path.name}")
 
 
 def test_a_lease_excludes_a_second_holder_and_is_released(store) -> None:

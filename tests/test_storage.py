@@ -10,15 +10,7 @@ import pytest
 
 from codeparrot.errors import DataError
 from codeparrot.hub import StandIn, folder_hash
-from codeparrot.storage import ABSENT, Conflict, GCSStore, LocalStore, Store, open_store
-
-
-@pytest.fixture(params=["local", "gcs"])
-def store(request, tmp_path) -> Store:
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    request.getfixturevalue("embedded_services")
-    return GCSStore(f"gs://storage-tests/{tmp_path.name}")
+from codeparrot.storage import ABSENT, Conflict, GCSStore, LocalStore, open_store
 
 
 def test_write_read_list_and_delete(store, tmp_path) -> None:
