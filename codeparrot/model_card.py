@@ -45,6 +45,7 @@ def lineage(summary: dict[str, Any]) -> dict[str, Any]:
         "export_snapshot": data.get("snapshot_id"),
         "export_uri": data.get("export_uri"),
         "licenses": data.get("licenses") or [],
+        "decontamination": data.get("decontamination"),
         "tokenizer": summary.get("tokenizer"),
         "tokens": summary.get("token_set"),
         "config_hash": summary.get("run_hash"),
@@ -54,6 +55,14 @@ def lineage(summary: dict[str, Any]) -> dict[str, Any]:
         "checkpoints": summary.get("checkpoints"),
         "config": summary.get("config"),
     }
+
+
+def _decontamination_cell(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "not recorded: the training data may hold benchmark problems"
+    checked = ", ".join(f"{b} ({n} problems)" for b, n in (report.get("benchmarks") or {}).items()) or "none"
+    found = report.get("problems_found") or []
+    return f"against {checked}: {report.get('files_removed', 0)} files removed, {len(found)} problems found"
 
 
 def render(repo: str, summary: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
@@ -91,6 +100,7 @@ def render(repo: str, summary: dict[str, Any], evaluation: dict[str, Any] | None
         ("config hash", f"`{info['config_hash']}`"),
         ("trained", f"{info['steps']} steps, {info['tokens_trained']:,} tokens" if info["tokens_trained"] else f"{info['steps']} steps"),
         ("resumed", f"yes, at steps {', '.join(map(str, resumed))} from `{info['checkpoints']}`" if resumed else "no (one uninterrupted run)"),
+        ("decontamination", _decontamination_cell(info["decontamination"])),
     ]
     body = [
         f"# {name}",

@@ -256,6 +256,8 @@ def dataset_card(cfg: PublishConfig, stats: dict[str, SplitStats], licenses: Cou
         yaml_lines += [f"  - name: {s}", f"    num_bytes: {stats[s].bytes}", f"    num_examples: {stats[s].files}"]
     # Machine-readable lineage for the stages downstream (the model card repeats it).
     lineage = {"snapshot_id": prov.get("snapshot_id"), "export_uri": prov.get("export_uri"), "licenses": lic}
+    if prov.get("decontamination"):  # evaluation reads it back: which benchmark problems the training data held
+        lineage["decontamination"] = prov["decontamination"]
     yaml_lines += yaml.safe_dump({"codeparrot": lineage}, sort_keys=True).splitlines()
     yaml_lines.append("---")
 
@@ -300,9 +302,32 @@ def dataset_card(cfg: PublishConfig, stats: dict[str, SplitStats], licenses: Cou
     if dropped:
         body += ["", "Dropped records by reason:", "", "| reason | records |", "|---|---|"]
         body += [f"| {k} | {v} |" for k, v in sorted(dropped.items())]
+    redaction = prov.get("redaction")
+    if redaction:
+        kinds = [k for k, on in redaction.get("kinds", {}).items() if on]
+        placed = ", ".join(f"{k} {n}" for k, n in redaction.get("placeholders", {}).items()) or "none"
+        body += ["", f"Secrets and personal data redacted ({', '.join(kinds) or 'off'}): {redaction.get('files', 0)} "
+                 f"files touched; placeholders put in: {placed}. Placeholders: `<EMAIL>`, `<IP_ADDRESS>`, `<KEY>`, "
+                 "`<PASSWORD>`."]  # fmt: skip
+    decont = prov.get("decontamination")
+    if decont:
+        checked = ", ".join(f"{b} ({n} problems)" for b, n in decont.get("benchmarks", {}).items()) or "none"
+        found = decont.get("problems_found", [])
+        body += ["", f"Benchmark decontamination against {checked}: {decont.get('files_removed', 0)} files removed, "
+                 f"{len(found)} problems found{': ' + ', '.join(found) if found else ''}."]  # fmt: skip
     if prov.get("curation"):
         body += ["", "Curation and dedup parameters:", "", "```json", json.dumps(prov["curation"], indent=2, sort_keys=True), "```"]
     return "\n".join(yaml_lines) + "\n\n" + "\n".join(body) + "\n"
+
+
+def curation_report(in_dir: str | os.PathLike[str], *, with_dropped: bool = False) -> dict[str, Any]:
+    """What the card states from a curation's stats.json: redaction and decontamination (and drop reasons)."""
+    stats_file = Path(in_dir) / "stats.json"
+    if not stats_file.exists():
+        return {}
+    stats = json.loads(stats_file.read_text())
+    keys = ("redaction", "decontamination", *(("dropped",) if with_dropped else ()))
+    return {k: stats[k] for k in keys if k in stats}
 
 
 def publish(
@@ -316,8 +341,7 @@ def publish(
     """Split and write the curated shards of `in_dir` in a temp folder, then push it to `hub`."""
     in_path = Path(in_dir)
     if provenance is None:
-        stats_file = in_path / "stats.json"
-        provenance = {"dropped": json.loads(stats_file.read_text()).get("dropped", {})} if stats_file.exists() else {}
+        provenance = curation_report(in_path, with_dropped=True)
     with staging_folder(Path(staging) if staging is not None else home() / "staging", "publish-") as tmp:
         build = tmp / "dataset"
         stats = build_dataset(lambda: _records(in_path, strict=False), build, cfg, provenance)

@@ -1,7 +1,8 @@
 """Tokenizer stage: byte-level BPE for Python, trained from scratch on the published data, then evaluated.
 
-GPT-2 style: byte-level pre-tokenizer and decoder, the 256-byte initial alphabet, `<|endoftext|>` as the
-only special token (bos = eos = unk). Saved as a `PreTrainedTokenizerFast`, so
+GPT-2 style: byte-level pre-tokenizer and decoder, the 256-byte initial alphabet, `<|endoftext|>` as
+bos = eos = unk, and curation's redaction placeholders (`<EMAIL>`, `<IP_ADDRESS>`, `<KEY>`, `<PASSWORD>`)
+as special tokens, so each stays one token. Saved as a `PreTrainedTokenizerFast`, so
 `AutoTokenizer.from_pretrained(folder)` loads it. Training streams the train split in batches (one batch
 in memory at a time), on every file or on an exact, seeded sample of `max_files`.
 
@@ -34,6 +35,7 @@ from transformers import PreTrainedTokenizerFast
 
 from codeparrot.artifacts import local_identity
 from codeparrot.config import StageConfig
+from codeparrot.curate.pii import PLACEHOLDERS
 from codeparrot.dataset import count_rows, iter_parquet_batches, iter_text_batches, split_files
 from codeparrot.env import home
 from codeparrot.errors import ConfigError, writing
@@ -41,7 +43,7 @@ from codeparrot.hub import Hub, staging_folder
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_VERSION = "1"
+TOKENIZER_VERSION = "2"  # 2: the redaction placeholders are special tokens
 EOS = "<|endoftext|>"
 EVAL_FILE = "eval.json"
 MARKER = ".complete"
@@ -127,7 +129,7 @@ def new_bpe(vocab_size: int, *, min_frequency: int = 2, show_progress: bool = Fa
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[EOS],
+        special_tokens=[EOS, *PLACEHOLDERS.values()],
         show_progress=show_progress,
     )
     return tok, trainer

@@ -113,7 +113,8 @@ def evaluate_model_task(
     if cfg.run_humaneval:
         he = _humaneval_with_artifact(model_dir, cfg, None)
         summary.update({k: he[k] for k in he["pass_at_k"]})
-        summary.update(humaneval_problems=he["problems"], humaneval_samples=he["n_samples"], humaneval_key=he["key"])
+        summary.update(humaneval_problems=he["problems"], humaneval_samples=he["n_samples"], humaneval_key=he["key"],
+                       humaneval_contamination=he.get("contamination"))
     return summary
 
 

@@ -11,7 +11,7 @@ from codeparrot.curate.pipeline import CurateResult
 from codeparrot.download import DownloadResult
 from codeparrot.errors import DataError
 from codeparrot.export import ExportResult
-from codeparrot.publish import PUBLISH_VERSION, PublishConfig, PublishResult, publish
+from codeparrot.publish import PUBLISH_VERSION, PublishConfig, PublishResult, curation_report, publish
 from tasks._common import cached_call, content_cache, explained, io_task_options
 from tasks.hub import resolver
 
@@ -29,6 +29,7 @@ def provenance(exported: ExportResult, local: DownloadResult, curated: CurateRes
             {"stage": "curate", "in": curated.records_in, "kept": curated.kept, "dropped": curated.records_in - curated.kept},
         ],
         "dropped": curated.dropped,
+        **curation_report(curated.out_dir),
         "curation": curate_cfg.fingerprint_fields(),
     }
 

@@ -184,3 +184,31 @@ def test_a_single_repository_cannot_be_split_and_says_so(tmp_path):
                 staging=tmp_path / "staging")  # fmt: skip
     assert not list((tmp_path / "staging").iterdir())
     assert not (tmp_path / "hub").exists(), "nothing reached the Hub target"
+
+
+def test_the_card_states_redaction_and_decontamination_and_hands_the_benchmark_check_down(tmp_path):
+    from codeparrot.evaluate.humaneval import contamination
+
+    curated = curated_dir(tmp_path, records())
+    report = {
+        "redaction": {"kinds": {"emails": True, "ip_addresses": True, "api_keys": True, "passwords": False},
+                      "placeholders": {"email": 7, "key": 2}, "files": 5},
+        "decontamination": {"benchmarks": {"humaneval": 164}, "files_removed": 3, "problems_found": ["HumanEval/0", "HumanEval/7"]},
+    }  # fmt: skip
+    (curated / "stats.json").write_text(json.dumps({"dropped": {"decontaminated:humaneval": 3}, **report}))
+    result = publish(curated, PublishConfig(), hub=stand_in(tmp_path))  # provenance read from stats.json
+    folder = local_copy(tmp_path, result.uri)
+    card = (folder / "README.md").read_text()
+    assert "redacted (emails, ip_addresses, api_keys): 5 files touched; placeholders put in: email 7, key 2" in card
+    assert "decontamination against humaneval (164 problems): 3 files removed, 2 problems found: HumanEval/0, HumanEval/7" in card
+    assert "| decontaminated:humaneval | 3 |" in card
+    assert dataset_lineage(folder)["decontamination"] == report["decontamination"]
+
+    # The training run copies the dataset's lineage into its summary; HumanEval reads it back.
+    model = tmp_path / "final"
+    model.mkdir()
+    (model / "train_summary.json").write_text(json.dumps({"dataset": result.uri, "lineage": dataset_lineage(folder)}))
+    assert contamination(model) == {"dataset": result.uri, "checked": True, "problems_found": ["HumanEval/0", "HumanEval/7"],
+                                    "files_removed": 3}  # fmt: skip
+    (model / "train_summary.json").write_text(json.dumps({"dataset": "elsewhere", "lineage": {}}))
+    assert contamination(model)["checked"] is False

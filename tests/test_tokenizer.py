@@ -44,6 +44,10 @@ def test_saved_tokenizer_loads_with_autotokenizer_and_round_trips_every_valid_fi
     assert report["baseline_vocab_size"] == 400 and result.chars_per_token > result.baseline_chars_per_token > 1.0
     assert len(report["longest_tokens"]) == 20
     assert "| characters per token (valid) |" in (out / "eval.md").read_text()
+    # curation's redaction placeholders are one token each, and decode back to themselves
+    for placeholder in ("<EMAIL>", "<IP_ADDRESS>", "<KEY>", "<PASSWORD>"):
+        ids = tok(f'KEY = "{placeholder}"')["input_ids"]
+        assert tok.convert_tokens_to_ids(placeholder) in ids and tok.decode(ids) == f'KEY = "{placeholder}"'
 
 
 def test_keyword_coverage_is_reported_as_the_tokenizer_encodes(tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -12,7 +13,9 @@ from pydantic import Field, field_validator, model_validator
 
 from codeparrot.config import StageConfig
 from codeparrot.curate import licenses
+from codeparrot.curate.decontaminate import DecontaminationConfig
 from codeparrot.curate.minhash import bands_for, candidate_probability
+from codeparrot.curate.pii import RedactionConfig
 
 #: Smallest chance that a pair exactly at the threshold becomes a candidate that we accept from a banding.
 MIN_RECALL_AT_THRESHOLD = 0.99
@@ -107,6 +110,14 @@ class CurateConfig(StageConfig):
     config_test_coeff: float = Field(0.05, gt=0, le=1, description="config/test counts above this x lines mark a file.")
     tokenizer_dir: Path | None = Field(None, description="Tokenizer folder (tokenizer.json) for the char/token filter.")
     min_token_ratio: float = Field(1.5, gt=0, description="Drop files with fewer characters per token (with a tokenizer).")
+    # Both run per record before exact and near dedup: redaction first, so two copies that differ only by
+    # a secret collapse, decontamination after the cheaper heuristics.
+    redaction: RedactionConfig = Field(
+        default_factory=RedactionConfig, description="Secrets and personal data replaced by placeholders."
+    )
+    decontamination: DecontaminationConfig = Field(
+        default_factory=DecontaminationConfig, description="Benchmarks whose problems and solutions are removed."
+    )
     near_dedup: bool = Field(True, description="MinHash LSH near-dedup after the filters and exact dedup.")
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     write_dropped: bool = Field(False, description="Also write dropped records to dropped/<reason>/.")
@@ -145,6 +156,8 @@ class CurateConfig(StageConfig):
         for name in ("shard_max_records", "shard_max_bytes", "compresslevel"):
             fields.pop(name)
         fields["dedup"] = {k: v for k, v in fields["dedup"].items() if k not in ("threshold", "keep", "max_bucket")}
+        # The benchmark files' and detect-secrets' content, not just their settings.
+        fields["steps"] = [_step_fingerprint(self.decontamination), _step_fingerprint(self.redaction)]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -161,6 +174,16 @@ class CurateConfig(StageConfig):
             "no_keywords": False,
             "few_assignments": None,
             "near_dedup": True,
+            "redaction": RedactionConfig(emails=False, ip_addresses=False, api_keys=False, passwords=False),
+            "decontamination": DecontaminationConfig(enabled=False),
             "dedup": dedup or DedupConfig(),
         }
         return cls(**{**off, **overrides})
+
+
+@functools.cache
+def _step_fingerprint(cfg: DecontaminationConfig | RedactionConfig) -> str:
+    from codeparrot.curate.pipeline import step_of
+
+    step = step_of(cfg)
+    return step.fingerprint() if step is not None else "off"

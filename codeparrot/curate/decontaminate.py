@@ -120,6 +120,7 @@ class BenchmarkFile(StageConfig):
 class DecontaminationConfig(StageConfig):
     """Which benchmarks to check and how close a training file must come to a problem to be removed."""
 
+    enabled: bool = Field(True, description="Remove training files that contain benchmark problems or solutions.")
     benchmarks: tuple[str, ...] = Field(BUILTIN, description=f"Built-in benchmarks to check ({', '.join(BUILTIN)}).")
     benchmark_files: tuple[BenchmarkFile, ...] = Field((), description="More benchmarks, each a JSONL file of texts.")
     ngram: int = Field(13, ge=5, le=64, description="n of the n-gram overlap over normalised tokens (GPT-3: 13).")
@@ -165,8 +166,8 @@ class DecontaminationConfig(StageConfig):
             )
         if self.short_line_chars > self.long_line_chars:
             raise ValueError(f"short_line_chars = {self.short_line_chars} exceeds long_line_chars = {self.long_line_chars}")
-        if not self.benchmarks and not self.benchmark_files:
-            raise ValueError("no benchmark to check: keep 'humaneval' in benchmarks or add benchmark_files")
+        if self.enabled and not self.benchmarks and not self.benchmark_files:
+            raise ValueError("no benchmark to check: keep 'humaneval' in benchmarks, add benchmark_files, or set enabled false")
         return self
 
 

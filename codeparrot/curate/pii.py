@@ -85,7 +85,8 @@ class RedactionConfig(StageConfig):
 
     emails: bool = Field(True, description="Replace e-mail addresses by <EMAIL> (example domains kept).")
     ip_addresses: bool = Field(True, description="Replace global IP addresses by <IP_ADDRESS> (private, loopback, docs kept).")
-    keys: bool = Field(True, description="Replace API keys, tokens and private key blocks by <KEY> (detect-secrets).")
+    # not `keys`: Prefect resolves flow parameters as collections, and a `keys` attribute reads as a mapping
+    api_keys: bool = Field(True, description="Replace API keys, tokens and private key blocks by <KEY> (detect-secrets).")
     passwords: bool = Field(True, description="Replace passwords in obvious assignments and URLs by <PASSWORD>.")
 
 
@@ -387,7 +388,7 @@ class Redactor:
 
     def __init__(self, cfg: RedactionConfig | None = None) -> None:
         self.cfg = cfg or RedactionConfig()
-        self._p = _plugins() if (self.cfg.keys or self.cfg.passwords) else {}
+        self._p = _plugins() if (self.cfg.api_keys or self.cfg.passwords) else {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Redactor, (self.cfg,))
@@ -594,17 +595,17 @@ class Redactor:
             found += [(a, b, EMAIL) for a, b in _emails(text)]
         if cfg.ip_addresses:
             found += [(a, b, IP_ADDRESS) for a, b in _ipv4(text) + _ipv6(text)]
-        if cfg.keys or cfg.passwords:
+        if cfg.api_keys or cfg.passwords:
             raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content.raw
             low = text.lower() if isinstance(content, str) else content.lower
             if len(low) != len(text):  # a few code points lower to two: keep offsets aligned
                 low = text.translate(_ASCII_LOWER)
             secrets = self._keywords(text, low) + (self._urls(text) if has_at else [])
-            if cfg.keys:
+            if cfg.api_keys:
                 secrets += self._tokens(text, raw) + self._direct(text) + self._entropy(text)
                 if "PRIVATE KEY" in text:
                     secrets += self._private_keys(text)
-            found += [s for s in secrets if (cfg.keys if s[2] == KEY else cfg.passwords)]
+            found += [s for s in secrets if (cfg.api_keys if s[2] == KEY else cfg.passwords)]
         return _merge(found)
 
     def redact(self, content: str | Doc) -> tuple[str, list[Redaction]]:

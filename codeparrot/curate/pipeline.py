@@ -26,6 +26,7 @@ as `codeparrot.shards.dumps` writes them). Dropped records, off the hot path, go
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import logging
@@ -52,6 +53,7 @@ from codeparrot.config import short_hash
 from codeparrot.curate import licenses, stats
 from codeparrot.curate.clusters import UnionFind, link_near_duplicates
 from codeparrot.curate.config import CurateConfig, DedupConfig
+from codeparrot.curate.decontaminate import DecontaminationConfig, Decontaminator
 from codeparrot.curate.fastgz import read_shard_lines, write_shard
 from codeparrot.curate.filters import Doc, HeuristicFilter, exact_digest
 from codeparrot.curate.minhash import (
@@ -63,18 +65,21 @@ from codeparrot.curate.minhash import (
     signatures,
     token_sets,
 )
+from codeparrot.curate.pii import PLACEHOLDERS, RedactionConfig, Redactor
 from codeparrot.errors import ConfigError, DataError, writing
 from codeparrot.shards import NOT_GZIP, BadRecord, ShardWriter, list_shards
 from codeparrot.storage import locked
 
 log = logging.getLogger(__name__)
 
-CURATE_VERSION = "2"  # 2: a shard that is not gzip is set aside as a bad shard, not counted as a record
+# 2: a shard that is not gzip is set aside as a bad shard, not counted as a record; 3: redaction, decontamination
+CURATE_VERSION = "3"
 DONE = "_DONE.json"
 SUCCESS = "_SUCCESS"
 STATS_JSON = "stats.json"
 STATS_MD = "stats.md"
 CLUSTERS = "duplicate_clusters.jsonl"
+DECONTAMINATION = "decontamination.jsonl"  # each removed file and the benchmark problems it held
 DROPPED = "dropped"
 OUTPUT_STEM = "part"
 # ~1 MiB of text per vectorised batch keeps the per-byte NumPy temporaries in cache (measured: 2x faster
@@ -103,6 +108,9 @@ class ShardSummary(BaseModel):
     dropped: dict[str, int]
     unknown_licenses: dict[str, int] = {}
     bad: BadShard | None = None
+    redactions: dict[str, int] = {}  # placeholders put in, per kind
+    redacted_files: int = 0
+    contaminated: list[dict[str, Any]] = []  # {repo_name, path, reason, problems} per removed file
 
 
 class CurateResult(BaseModel):
@@ -295,8 +303,21 @@ def _load_tokenizer(cfg: CurateConfig) -> Any:
     return Tokenizer.from_file(str(Path(cfg.tokenizer_dir) / "tokenizer.json"))
 
 
+@functools.cache
+def step_of(cfg: DecontaminationConfig | RedactionConfig) -> Decontaminator | Redactor | None:
+    """The step a config describes, built once per process (the benchmark index takes ~0.15 s); None when off."""
+    if isinstance(cfg, DecontaminationConfig):
+        return Decontaminator(cfg) if cfg.enabled else None
+    return Redactor(cfg) if any(cfg.model_dump().values()) else None
+
+
 def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Path) -> ShardSummary:
     filt = HeuristicFilter(cfg)
+    redactor = step_of(cfg.redaction)
+    decontaminator = step_of(cfg.decontamination)
+    redactions: Counter[str] = Counter()
+    redacted_files = 0
+    contaminated: list[dict[str, Any]] = []
     allowed = cfg.license_filter
     tokenizer = _load_tokenizer(cfg)
     dropped: Counter[str] = Counter()
@@ -328,6 +349,15 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                     sink.write(reason, line)
                     continue
             doc = Doc(item["content"])
+            if redactor is not None:
+                text, found = redactor.redact(doc)
+                if found:
+                    # The record as it is published: new content and size; the rest of the line's fields kept.
+                    item = {**item, "content": text, "size": len(text.encode("utf-8", "surrogatepass"))}
+                    line = orjson.dumps(item) + b"\n"
+                    doc = Doc(text)
+                    redactions.update(r.kind for r in found)
+                    redacted_files += 1
             digest = exact_digest(doc) if filt.needs_digest else b""
             if filt.enabled:
                 n_tokens = (lambda c=doc.text: len(tokenizer.encode(c).ids)) if tokenizer is not None else None
@@ -335,6 +365,14 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                 if reason is not None:
                     dropped[reason] += 1
                     sink.write(reason, line)
+                    continue
+            if decontaminator is not None:
+                hit = decontaminator.check(doc)
+                if hit is not None:
+                    dropped[hit.reason] += 1
+                    sink.write(hit.reason, line)
+                    contaminated.append({"repo_name": item["repo_name"], "path": item["path"], "reason": hit.reason,
+                                         "problems": list(hit.problem_ids)})  # fmt: skip
                     continue
             survivors.add(item, line, doc.raw, digest)
         if records_in == 0 and bad is None:
@@ -360,6 +398,9 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
         dropped=stats.ordered(dropped),
         unknown_licenses=dict(sorted(unknown.items())),
         bad=bad,
+        redactions=dict(sorted(redactions.items())),
+        redacted_files=redacted_files,
+        contaminated=contaminated,
     )
     stats.check_balance(records_in, n, dropped)
     return summary
@@ -519,10 +560,33 @@ def _near_dedup(corpus: _Corpus, cfg: DedupConfig, alive: np.ndarray) -> tuple[U
 
 
 def _clean_outputs(out_dir: Path) -> None:
-    for pattern in (f"{OUTPUT_STEM}-*.json.gz*", STATS_JSON, STATS_MD, CLUSTERS, SUCCESS, ".tmp-*"):
+    for pattern in (f"{OUTPUT_STEM}-*.json.gz*", STATS_JSON, STATS_MD, CLUSTERS, DECONTAMINATION, SUCCESS, ".tmp-*"):
         for path in out_dir.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     shutil.rmtree(out_dir / DROPPED, ignore_errors=True)
+
+
+def _steps_report(summaries: list[ShardSummary], cfg: CurateConfig, out_dir: Path) -> dict[str, Any]:
+    """stats.json's account of redaction and decontamination; writes `decontamination.jsonl` (sorted)."""
+    kinds: Counter[str] = Counter()
+    for s in summaries:
+        kinds.update(s.redactions)
+    removed = sorted((c for s in summaries for c in s.contaminated), key=lambda c: (c["repo_name"], c["path"]))
+    _atomic_write(out_dir / DECONTAMINATION, b"".join(orjson.dumps(c) + b"\n" for c in removed))
+    decontaminator = step_of(cfg.decontamination)
+    problems = sorted({p for c in removed for p in c["problems"]})
+    return {
+        "redaction": {
+            "kinds": {k: v for k, v in cfg.redaction.model_dump().items()},
+            "placeholders": dict(sorted(kinds.items())),
+            "files": sum(s.redacted_files for s in summaries),
+        },
+        "decontamination": {
+            "benchmarks": decontaminator.benchmarks if decontaminator is not None else {},
+            "files_removed": len(removed),
+            "problems_found": problems,
+        },
+    }
 
 
 def _plan_shards(corpus: _Corpus, kept: np.ndarray, cfg: CurateConfig) -> list[np.ndarray]:
@@ -646,11 +710,22 @@ def _finalize(
         "exact_dup_clusters": n_clusters[0],
         "near_dup_clusters": n_clusters[1],
         "near_dedup": near_info,
+        **_steps_report(summaries, cfg, out_dir),
         "content_hash": content_hash,
         "config": cfg.fingerprint_fields(),
     }
     _atomic_write(out_dir / STATS_JSON, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    _atomic_write(out_dir / STATS_MD, (result.table + "\n").encode())
+    redacted = doc["redaction"]
+    lines = [result.table, ""]
+    if redacted["files"]:
+        kinds = ", ".join(f"{PLACEHOLDERS[k]} {n}" for k, n in redacted["placeholders"].items())
+        lines.append(f"Redacted: {redacted['files']} files ({kinds}).")
+    checked = doc["decontamination"]["benchmarks"]
+    if checked:
+        found = doc["decontamination"]["problems_found"]
+        lines.append(f"Decontaminated against {', '.join(f'{b} ({n} problems)' for b, n in checked.items())}: "
+                     f"{doc['decontamination']['files_removed']} files removed, {len(found)} problems found.")  # fmt: skip
+    _atomic_write(out_dir / STATS_MD, ("\n".join(lines).rstrip() + "\n").encode())
     if kept == 0:  # the stats stay for a look; no marker, so nothing downstream takes this as a result
         raise DataError(
             f"nothing to publish from {len(summaries)} shards: {stats.summary_line(records_in, kept, dropped, set_aside)}: "

@@ -136,6 +136,20 @@ def _load_partial(path: Path, key: str) -> dict[str, list[str]]:
     return done
 
 
+def contamination(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Whether the model's training data was checked for HumanEval and which problems it held, from the
+    lineage its dataset card handed down (`train_summary.json`); `checked: false` when nothing says so."""
+    try:
+        summary = json.loads((Path(model_dir) / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    report = (summary.get("lineage") or {}).get("decontamination") or {}
+    benchmarks = report.get("benchmarks") or {}
+    found = [p for p in report.get("problems_found") or [] if p.startswith("HumanEval/")]
+    return {"dataset": summary.get("dataset"), "checked": "humaneval" in benchmarks, "problems_found": found,
+            "files_removed": report.get("files_removed")}  # fmt: skip
+
+
 def read_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(out_dir) / SUMMARY
     return json.loads(path.read_text()) if path.exists() else None
@@ -219,7 +233,15 @@ def run_humaneval(
     _write_atomic(out / SAMPLES, "\n".join(lines) + "\n")
     scores = score(rows)
     label = name or f"{folder.parent.name}/{folder.name} (this run)"
-    _write_atomic(out / TABLE, results_table(label, scores, len(problems), cfg.n_samples))
+    table = results_table(label, scores, len(problems), cfg.n_samples)
+    clean = contamination(folder)
+    if clean["checked"]:
+        found = clean["problems_found"]
+        table += (f"\nTraining data ({clean['dataset']}) was decontaminated against HumanEval: "
+                  f"{len(found)} problems were found in it and their files removed{': ' + ', '.join(found) if found else ''}.\n")  # fmt: skip
+    else:
+        table += "\nThe training data's lineage says nothing about HumanEval decontamination: treat pass@k with care.\n"
+    _write_atomic(out / TABLE, table)
     summary: dict[str, Any] = {
         "key": key,
         "model_dir": str(folder),
@@ -247,6 +269,7 @@ def run_humaneval(
         },
         "total_seconds": round(total_seconds, 3),
         "sandbox": isolation,
+        "contamination": contamination(folder),
         "files": {"samples": SAMPLES, "table": TABLE},
     }
     _write_atomic(out / SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -143,13 +143,13 @@ def test_switches_turn_each_kind_off(tools) -> None:
     content = "\n".join(lines.values()) + "\n"
     everything = {r.kind for r in pii.Redactor().redact(content)[1]}
     assert everything == set(pii.KINDS)
-    fields = {pii.EMAIL: "emails", pii.IP_ADDRESS: "ip_addresses", pii.KEY: "keys", pii.PASSWORD: "passwords"}
+    fields = {pii.EMAIL: "emails", pii.IP_ADDRESS: "ip_addresses", pii.KEY: "api_keys", pii.PASSWORD: "passwords"}
     for kind, field in fields.items():
         redactor = pii.Redactor(pii.RedactionConfig(**{field: False}))
         out, records = redactor.redact(content)
         assert {r.kind for r in records} == everything - {kind}
         assert lines[kind] in out
-    assert pii.Redactor(pii.RedactionConfig(emails=False, ip_addresses=False, keys=False, passwords=False)).redact(
+    assert pii.Redactor(pii.RedactionConfig(emails=False, ip_addresses=False, api_keys=False, passwords=False)).redact(
         content
     ) == (content, [])
 

