@@ -2,10 +2,8 @@
 
 On a corpus from `shared/bench/make_corpus.py` (built here unless --corpus is given):
 
-1. `codeparrot curate IN OUT --licenses any` (every record reaches the heuristics) as a subprocess, then
-   the same command in a subprocess whose `HeuristicFilter` also redacts and decontaminates each record
-   it keeps (patched in before the worker processes fork: the wiring is not written yet, so this stands
-   in for it, with the steps where the issue puts them, after the heuristics and before dedup); runs
+1. `codeparrot curate IN OUT --licenses any --no-redaction --no-decontamination` (every record reaches
+   the heuristics) as a subprocess, then the same command with both steps on (the default); runs
    alternate, best of --repeat each, wall time and CPU seconds of the process tree; their ratio is the
    acceptance figure (<= 1.5);
 2. in this process, over the same records, the CPU time of `HeuristicFilter.reason` (the existing filter
@@ -53,34 +51,6 @@ def run_cpu(cmd: list[str]) -> tuple[float, float]:
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def curate_with_steps(argv: list[str]) -> None:
-    """`codeparrot curate ARGV` with both steps run on every record the heuristics keep."""
-    from codeparrot import cli
-    from codeparrot.curate import pipeline
-    from codeparrot.curate.decontaminate import Decontaminator
-    from codeparrot.curate.filters import Doc, HeuristicFilter
-    from codeparrot.curate.pii import Redactor
-
-    decon, redactor = Decontaminator(), Redactor()  # built once, before the workers fork
-
-    class WithSteps(HeuristicFilter):
-        def __init__(self, cfg) -> None:
-            super().__init__(cfg)
-            self.enabled = True
-
-        def reason(self, content, digest, n_tokens=None):
-            reason = super().reason(content, digest, n_tokens)
-            if reason is not None:
-                return reason
-            text, records = redactor.redact(content)
-            doc = Doc(text) if records else content
-            hit = decon.check(doc)
-            return hit.reason if hit else None
-
-    pipeline.HeuristicFilter = WithSteps
-    sys.exit(cli.main(argv))
-
-
 def load(corpus: Path) -> list[dict]:
     records = []
     for shard in sorted(corpus.glob("*.json.gz")):
@@ -108,10 +78,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts")
     ap.add_argument("--samples", type=int, default=20, help="redactions and removals printed for review")
     ap.add_argument("--skip-curate", action="store_true", help="no `codeparrot curate` run (no end-to-end ratio)")
-    ap.add_argument("--curate-with-steps", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.curate_with_steps is not None:
-        curate_with_steps(args.curate_with_steps)
 
     from codeparrot.curate.config import CurateConfig
     from codeparrot.curate.decontaminate import Decontaminator
@@ -137,8 +104,9 @@ def main() -> None:
         for i in range(args.repeat):  # alternating, so a change in the machine's load hits both
             for name in runs:
                 out = tmp / f"{name}-{i}"
-                argv = ["curate", str(corpus), str(out), "--workers", str(args.workers), "--licenses", "any"]
-                cmd = [cli, *argv] if name == "curate" else [sys.executable, __file__, "--curate-with-steps", *argv]
+                cmd = [cli, "curate", str(corpus), str(out), "--workers", str(args.workers), "--licenses", "any"]
+                if name == "curate":
+                    cmd += ["--no-redaction", "--no-decontamination"]
                 runs[name].append(run_cpu(cmd))
                 if name == "curate_with_steps":
                     stats = json.loads((out / "stats.json").read_text())

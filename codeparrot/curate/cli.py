@@ -39,6 +39,10 @@ def _report(result: object, out_dir: Path) -> None:
 @click.option("--workers", type=int, default=None, help=_WORKERS_HELP)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Intermediate files (default: OUT_DIR/_work, removed when done or failed; a given folder is kept for reruns).")
+@click.option("--no-redaction", is_flag=True, help="Keep secrets and personal data (no placeholders).")
+@click.option("--no-decontamination", is_flag=True, help="Keep files that contain benchmark problems.")
+@click.option("--benchmark-file", "benchmark_files", multiple=True, metavar="NAME=PATH",
+              help="Also remove files containing the texts of this JSONL benchmark (repeatable).")
 def curate(
     in_dir: Path,
     out_dir: Path,
@@ -52,10 +56,23 @@ def curate(
     strict: bool,
     workers: int | None,
     work_dir: Path | None,
+    no_redaction: bool,
+    no_decontamination: bool,
+    benchmark_files: tuple[str, ...],
 ) -> None:
-    """License filter, CodeParrot heuristics, exact and near dedup of the shards in IN_DIR into OUT_DIR."""
+    """License filter, secret/PII redaction, CodeParrot heuristics, benchmark decontamination, exact and
+    near dedup of the shards in IN_DIR into OUT_DIR."""
     from codeparrot.curate.config import CurateConfig, DedupConfig
+    from codeparrot.curate.decontaminate import DecontaminationConfig
+    from codeparrot.curate.pii import RedactionConfig
     from codeparrot.curate.pipeline import curate as run
+
+    files = []
+    for spec in benchmark_files:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--benchmark-file {spec!r}: use NAME=PATH, e.g. --benchmark-file mbpp=mbpp.jsonl")
+        files.append({"name": name, "path": path})
 
     try:
         cfg = CurateConfig(
@@ -66,6 +83,8 @@ def curate(
             tokenizer_dir=tokenizer_dir,
             write_dropped=write_dropped,
             strict=strict,
+            redaction=RedactionConfig(**dict.fromkeys(RedactionConfig.model_fields, False)) if no_redaction else RedactionConfig(),
+            decontamination=DecontaminationConfig(enabled=not no_decontamination, benchmark_files=tuple(files)),
         )
     except ValidationError as exc:
         raise _config_error(exc) from None

@@ -94,3 +94,29 @@ def test_a_shard_that_is_not_gzip_is_set_aside_or_refused_with_strict(
     assert main(["curate", str(tmp_path / "in"), str(tmp_path / "strict"), "--workers", "1", "--strict"]) == 2
     err = one_error(capsys.readouterr().err)
     assert err == f"error: {fake}:1: not-gzip: not a gzip file (it starts with b'{{\"repo_n'): re-download or remove it"
+
+
+def test_redaction_and_decontamination_switch_off_and_take_a_benchmark_file(tools: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+
+    rng = random.Random(5)
+    secret = tools.python_file(rng) + 'OWNER = "ops.lead@corp-mail.io"\n'
+    quiz = "def tally_ballots(votes):\n    seen = {}\n    for name in votes:\n        seen[name] = seen.get(name, 0) + 1\n    return sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))\n"
+    tools.write_records(tmp_path / "in", [tools.record("a/x", "x.py", secret), tools.record("b/y", "y.py", tools.python_file(rng) + quiz)], per_shard=2)
+    bench = tmp_path / "quiz.jsonl"
+    bench.write_text(orjson.dumps({"id": "q1", "text": quiz}).decode() + "\n")
+
+    def kept(out: Path) -> str:
+        return b"".join(gzip.decompress(p.read_bytes()) for p in sorted(out.glob("*.json.gz"))).decode()
+
+    base = ["--workers", "1", "--licenses", "any"]
+    assert main(["curate", str(tmp_path / "in"), str(tmp_path / "on"), *base, "--benchmark-file", f"quiz={bench}"]) == 0
+    stats = orjson.loads((tmp_path / "on" / "stats.json").read_bytes())
+    assert stats["dropped"].get("decontaminated:quiz") == 1 and "<EMAIL>" in kept(tmp_path / "on")
+    assert main(["curate", str(tmp_path / "in"), str(tmp_path / "off"), *base, "--no-redaction", "--no-decontamination"]) == 0
+    assert "ops.lead@corp-mail.io" in kept(tmp_path / "off") and "tally_ballots" in kept(tmp_path / "off")
+    capsys.readouterr()
+    assert main(["curate", str(tmp_path / "in"), str(tmp_path / "bad"), *base, "--benchmark-file", str(bench)]) == 2
+    assert "use NAME=PATH" in capsys.readouterr().err
+    assert main(["curate", str(tmp_path / "in"), str(tmp_path / "bad"), *base, "--benchmark-file", f"quiz={tmp_path / 'nope.jsonl'}"]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
