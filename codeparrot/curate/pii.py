@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from codeparrot.curate.filters import Doc
 
 #: Bumped when detection changes what a given config redacts (part of `fingerprint()`).
-PII_VERSION = "1"
+PII_VERSION = "2"  # 2: settings strings and paths are not keys
 EMAIL = "email"
 IP_ADDRESS = "ip_address"
 KEY = "key"
@@ -357,6 +357,9 @@ _DUMMY_VALUES = frozenset(
 )
 
 
+_SETTING = re.compile(r"[A-Za-z][A-Za-z_-]{2,}=\w")
+
+
 def _is_alphabet(value: str) -> bool:
     """An alphabet or a run of one (`ABC...Z234567`, `abc...xyz0123456789`): half its neighbours consecutive."""
     steps = sum(ord(b) - ord(a) == 1 for a, b in itertools.pairwise(value))
@@ -507,6 +510,12 @@ class Redactor:
                 else:
                     if _DIGITS.isdisjoint(value) or _LETTERS.isdisjoint(value):
                         continue  # long words and identifiers
+                    if "-" in value and "/" in value:
+                        continue  # neither base64 alphabet has both: a path or a Hub repo id (`owner/model-7B`)
+                    if "=" in value.rstrip("=") and _SETTING.search(value):
+                        # `name=value` settings (`type=triton_BLOCK-M=128_BLOCK-K=64_...`: 419 of the 443 keys
+                        # first found on the embedded dataset); base64 has `=` only as trailing padding
+                        continue
                     # Shannon entropy is at most log2 of the distinct characters: most candidates stop here,
                     # before the plugin's 66-count computation
                     if len(set(value)) <= _B64_MIN_DISTINCT or b64.calculate_shannon_entropy(value) <= b64.entropy_limit:

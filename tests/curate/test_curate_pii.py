@@ -96,6 +96,9 @@ def test_each_secret_is_replaced_and_the_rest_kept_byte_for_byte(redactor, tools
 
 
 KEPT = {
+    # found on the embedded dataset: 419 of its first 443 key redactions were these settings strings (torch)
+    "settings string": "self.choices.append('type=triton_BLOCK-M=128_BLOCK-K=64_BLOCK-N=64_numstages=3_numwarps=4')",
+    "hub repo id": 'model = AutoModel.from_pretrained("naver-hyperclovax/HyperCLOVAX-SEED-Think-14B")',
     "version string": '__version__ = "1.2.3.4"',
     "version on a version line": 'MIN_VERSION = "52.14.231.7"  # the version we test against',
     "pip specifier": "# pip install somepkg==3.21.4.11",
