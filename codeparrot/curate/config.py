@@ -110,8 +110,8 @@ class CurateConfig(StageConfig):
     config_test_coeff: float = Field(0.05, gt=0, le=1, description="config/test counts above this x lines mark a file.")
     tokenizer_dir: Path | None = Field(None, description="Tokenizer folder (tokenizer.json) for the char/token filter.")
     min_token_ratio: float = Field(1.5, gt=0, description="Drop files with fewer characters per token (with a tokenizer).")
-    # Both run per record before exact and near dedup: redaction first, so two copies that differ only by
-    # a secret collapse, decontamination after the cheaper heuristics.
+    # Both run per record on what the heuristics keep, before exact and near dedup (two copies that differ
+    # only by a secret collapse): redaction, then decontamination.
     redaction: RedactionConfig = Field(
         default_factory=RedactionConfig, description="Secrets and personal data replaced by placeholders."
     )

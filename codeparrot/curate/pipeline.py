@@ -349,15 +349,6 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                     sink.write(reason, line)
                     continue
             doc = Doc(item["content"])
-            if redactor is not None:
-                text, found = redactor.redact(doc)
-                if found:
-                    # The record as it is published: new content and size; the rest of the line's fields kept.
-                    item = {**item, "content": text, "size": len(text.encode("utf-8", "surrogatepass"))}
-                    line = orjson.dumps(item) + b"\n"
-                    doc = Doc(text)
-                    redactions.update(r.kind for r in found)
-                    redacted_files += 1
             digest = exact_digest(doc) if filt.needs_digest else b""
             if filt.enabled:
                 n_tokens = (lambda c=doc.text: len(tokenizer.encode(c).ids)) if tokenizer is not None else None
@@ -366,6 +357,16 @@ def _filter_into(shard: Path, sha: str, cfg: CurateConfig, tmp: Path, final: Pat
                     dropped[reason] += 1
                     sink.write(reason, line)
                     continue
+            if redactor is not None:  # on what the heuristics keep (half the work), before both dedups
+                text, found = redactor.redact(doc)
+                if found:
+                    # The record as it is published: new content and size; the rest of the line's fields kept.
+                    item = {**item, "content": text, "size": len(text.encode("utf-8", "surrogatepass"))}
+                    line = orjson.dumps(item) + b"\n"
+                    doc = Doc(text)
+                    digest = exact_digest(doc) if filt.needs_digest else b""  # copies differing by a secret collapse
+                    redactions.update(r.kind for r in found)
+                    redacted_files += 1
             if decontaminator is not None:
                 hit = decontaminator.check(doc)
                 if hit is not None:
