@@ -183,7 +183,8 @@ class CurateConfig(StageConfig):
 
 @functools.cache
 def _step_fingerprint(cfg: DecontaminationConfig | RedactionConfig) -> str:
-    from codeparrot.curate.pipeline import step_of
+    from codeparrot.curate import decontaminate, pii
 
-    step = step_of(cfg)
-    return step.fingerprint() if step is not None else "off"
+    if isinstance(cfg, DecontaminationConfig):
+        return decontaminate.fingerprint(cfg) if cfg.enabled else "off"
+    return pii.fingerprint(cfg) if any(cfg.model_dump().values()) else "off"

@@ -343,6 +343,16 @@ def _joined(tokens: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------- matching
 
 
+def fingerprint(cfg: DecontaminationConfig, problems: list[Problem] | None = None) -> str:
+    """`Decontaminator(cfg).fingerprint()` without building the index (for cache keys)."""
+    fields = cfg.fingerprint_fields()
+    fields["benchmark_files"] = [{k: v for k, v in b.items() if k != "path"} for b in fields["benchmark_files"]]
+    h = hashlib.sha256(json.dumps([DECONTAMINATE_VERSION, fields], sort_keys=True).encode())
+    for p in load_problems(cfg) if problems is None else problems:
+        h.update(json.dumps(p, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
 class Decontaminator:
     """The benchmarks of a `DecontaminationConfig`, indexed once: `check(content)` is None for a clean file,
     else its reason and the problem ids it contains.
@@ -398,12 +408,7 @@ class Decontaminator:
 
     def fingerprint(self) -> str:
         """sha256 of the settings that change the outcome and of the benchmarks' content (not their paths)."""
-        fields = self.cfg.fingerprint_fields()
-        fields["benchmark_files"] = [{k: v for k, v in b.items() if k != "path"} for b in fields["benchmark_files"]]
-        h = hashlib.sha256(json.dumps([DECONTAMINATE_VERSION, fields], sort_keys=True).encode())
-        for p in self.problems:
-            h.update(json.dumps(p, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        return h.hexdigest()
+        return fingerprint(self.cfg, self.problems)
 
     def _shared(self, raw: bytes) -> frozenset[bytes]:
         """The prefilter: the benchmark units the file shares, when they are a long line or two shorter

@@ -385,6 +385,14 @@ def _is_dummy(value: str) -> bool:
     )
 
 
+def fingerprint(cfg: RedactionConfig) -> str:
+    """`Redactor(cfg).fingerprint()` without loading detect-secrets' plugins (for cache keys)."""
+    from importlib.metadata import version
+
+    payload = [PII_VERSION, version("detect-secrets"), cfg.fingerprint_fields()]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 class Redactor:
     """The enabled detectors of a `RedactionConfig`: `redact(content)` gives the new content and what was
     replaced. Pickles as its config (workers rebuild the plugins, a few ms)."""
@@ -398,10 +406,7 @@ class Redactor:
 
     def fingerprint(self) -> str:
         """sha256 of the switches, this module's version and the detect-secrets release."""
-        from importlib.metadata import version
-
-        payload = [PII_VERSION, version("detect-secrets"), self.cfg.fingerprint_fields()]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return fingerprint(self.cfg)
 
     # -- detectors: each returns (start, end, kind) in the content's character offsets
 

@@ -875,6 +875,9 @@ class _ShardJob:
 
     def __init__(self, cfg: CurateConfig, work_dir: Path) -> None:
         self.cfg, self.work_dir = cfg, work_dir
+        # Built here, before a pool forks: forked workers inherit the steps instead of each building them.
+        step_of(cfg.redaction)
+        step_of(cfg.decontamination)
 
     def __call__(self, shard: Path) -> ShardSummary:
         return filter_shard(shard, self.cfg, self.work_dir)
