@@ -12,7 +12,7 @@ On a corpus from `shared/bench/make_corpus.py` (built here unless --corpus is gi
 3. how many files each step removes or touches (per kind), and 20 samples of redactions and removals
    (kind, then 60 characters of redacted context each side) for a person to judge false positives.
 
-    .venv/bin/python bench/curate_steps.py                      # corpus of 4,000 files + 5% forks
+    .venv/bin/python bench/curate_steps.py                      # corpus of 9,500 files + 5% forks (the dedup bench's)
     .venv/bin/python bench/curate_steps.py --corpus /tmp/corpus --repeat 3
 """
 
@@ -73,7 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, help="folder of *.json.gz shards (default: build one)")
     ap.add_argument("--bench-dir", type=Path, default=DEFAULT_BENCH, help="folder of make_corpus.py")
-    ap.add_argument("--max-files", type=int, default=4000, help="files taken when building the corpus (+5%% forks)")
+    ap.add_argument("--max-files", type=int, default=9500, help="files taken when building the corpus (+5%% forks; 9500: the dedup bench's corpus)")
     ap.add_argument("--workers", type=int, default=2, help="--workers of `codeparrot curate`")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts")
     ap.add_argument("--samples", type=int, default=20, help="redactions and removals printed for review")
