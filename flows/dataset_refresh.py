@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from codeparrot.config import short_hash
 from codeparrot.curate.config import CurateConfig
-from codeparrot.curate.pipeline import CURATE_VERSION, CurateResult
+from codeparrot.curate.pipeline import CURATE_VERSION, DEFAULT_MEMORY_MB, CurateResult
 from codeparrot.download import DownloadConfig, DownloadResult
 from codeparrot.env import home
 from codeparrot.export import ExportConfig
@@ -47,17 +47,23 @@ class RefreshResult(BaseModel):
     new: bool
 
 
-def curate_downloaded(local: DownloadResult, cfg: CurateConfig, workers: int, force_refresh: bool) -> CurateResult:
-    """The shard tasks and finalize, in the calling flow; output folder keyed on input and config."""
+def curate_downloaded(
+    local: DownloadResult, cfg: CurateConfig, workers: int, force_refresh: bool, partitions: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB
+) -> CurateResult:
+    """The shard tasks and the partitioned stages, in the calling flow; output folder keyed on input and config."""
     out = home() / "curated" / short_hash(local.identity(), cfg.fingerprint(CURATE_VERSION), length=16)
     shards = [Path(f.path) for f in local.files]
-    return curate_shards(shards, cfg, home() / "curate-work", out, workers=workers, force=force_refresh)
+    return curate_shards(shards, cfg, home() / "curate-work", out, workers=workers, force=force_refresh,
+                         partitions=partitions, memory_mb=memory_mb)  # fmt: skip
 
 
 @flow(name="curation", description="License filter, heuristics, exact and near dedup of the downloaded shards.")
-def curation(local: DownloadResult, cfg: CurateConfig, workers: int = 2, force_refresh: bool = False) -> CurateResult:
-    """Curation as a subflow, so its shard tasks can go to a Dask cluster (the refresh's `dask_address`)."""
-    return curate_downloaded(local, cfg, workers, force_refresh)
+def curation(
+    local: DownloadResult, cfg: CurateConfig, workers: int = 2, force_refresh: bool = False,
+    partitions: int | None = None, memory_mb: int = DEFAULT_MEMORY_MB,
+) -> CurateResult:  # fmt: skip
+    """Curation as a subflow, so all its tasks can go to a Dask cluster (the refresh's `dask_address`)."""
+    return curate_downloaded(local, cfg, workers, force_refresh, partitions, memory_mb)
 
 
 @flow(name="dataset-refresh", description="BigQuery github_repos -> curated dataset published to the Hub target.")
@@ -71,6 +77,8 @@ def dataset_refresh(
     hub_token_block: str | None = None,
     dask_address: str | None = None,
     curate_workers: int = 2,
+    curate_partitions: int | None = None,
+    curate_memory_mb: int = DEFAULT_MEMORY_MB,
     force_refresh: bool = False,
 ) -> RefreshResult:
     """Export, download, curate, publish; returns the dataset's hf://datasets/OWNER/NAME@REV URI.
@@ -86,6 +94,9 @@ def dataset_refresh(
         dask_address: A Dask scheduler (tcp://host:8786) for the per-shard curation, or "local" for a
             LocalCluster here; empty: threads here.
         curate_workers: Processes for the near-dedup finalize.
+        curate_partitions: Hash-range partitions of the dedup and output stages; empty: from the corpus
+            size and curate_memory_mb. The output is the same for any value.
+        curate_memory_mb: Memory budget of one curation worker process, in MB.
         force_refresh: Recompute every stage, ignoring caches.
     """
     with ensure_services():
@@ -93,9 +104,9 @@ def dataset_refresh(
         exported = export_stage(export, gcp, force=force_refresh)
         local = download_stage(exported, download, gcp, force=force_refresh)
         if dask_address:
-            curated = on_dask(curation, dask_address, local, curate, curate_workers, force_refresh)
+            curated = on_dask(curation, dask_address, local, curate, curate_workers, force_refresh, curate_partitions, curate_memory_mb)
         else:
-            curated = curate_downloaded(local, curate, curate_workers, force_refresh)
+            curated = curate_downloaded(local, curate, curate_workers, force_refresh, curate_partitions, curate_memory_mb)
         published = publish_stage(curated, publish, provenance(exported, local, curated, curate), hub_token_block, force=force_refresh)
         report_task(exported, curated, published)
         announce(DATASET_PUBLISHED, f"codeparrot.dataset.{published.repo}", {"dataset": published.uri}, new=not published.skipped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -10,6 +11,15 @@ from pydantic import ValidationError
 from codeparrot.errors import ConfigError
 
 _WORKERS_HELP = "CPUs for the per-shard work (default: all); also the threads writing the output."
+
+
+def _scale_options(fn: Any) -> Any:
+    """--partitions and --memory-mb: how the dedup and output stages split the corpus (never what they output)."""
+    fn = click.option("--memory-mb", type=click.IntRange(min=64), default=2048, show_default=True,
+                      help="Memory budget of one process: P is chosen so a partition fits in half of it.")(fn)  # fmt: skip
+    return click.option("--partitions", type=click.IntRange(1, 4096), default=None,
+                        help="Hash-range partitions P of the dedup stages (default: from the corpus size and "
+                             "--memory-mb); the output is the same for any P.")(fn)  # fmt: skip
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
@@ -43,6 +53,7 @@ def _report(result: object, out_dir: Path) -> None:
 @click.option("--no-decontamination", is_flag=True, help="Keep files that contain benchmark problems.")
 @click.option("--benchmark-file", "benchmark_files", multiple=True, metavar="NAME=PATH",
               help="Also remove files containing the texts of this JSONL benchmark (repeatable).")
+@_scale_options
 def curate(
     in_dir: Path,
     out_dir: Path,
@@ -59,6 +70,8 @@ def curate(
     no_redaction: bool,
     no_decontamination: bool,
     benchmark_files: tuple[str, ...],
+    partitions: int | None,
+    memory_mb: int,
 ) -> None:
     """License filter, secret/PII redaction, CodeParrot heuristics, benchmark decontamination, exact and
     near dedup of the shards in IN_DIR into OUT_DIR."""
@@ -88,7 +101,7 @@ def curate(
         )
     except ValidationError as exc:
         raise _config_error(exc) from None
-    result = run(in_dir, out_dir, cfg, workers=workers, work_dir=work_dir, progress=True)
+    result = run(in_dir, out_dir, cfg, workers=workers, work_dir=work_dir, progress=True, partitions=partitions, memory_mb=memory_mb)
     _report(result, out_dir)
 
 
@@ -104,6 +117,7 @@ def curate(
 @click.option("--workers", type=int, default=None, help=_WORKERS_HELP)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Intermediate files (default: OUT_DIR/_work, removed when done or failed; a given folder is kept for reruns).")
+@_scale_options
 def dedup(
     in_dir: Path,
     out_dir: Path,
@@ -113,6 +127,8 @@ def dedup(
     strict: bool,
     workers: int | None,
     work_dir: Path | None,
+    partitions: int | None,
+    memory_mb: int,
 ) -> None:
     """MinHash LSH near-dedup alone (no license filter or heuristics) of the shards in IN_DIR into OUT_DIR."""
     from codeparrot.curate.config import DedupConfig
@@ -122,5 +138,6 @@ def dedup(
         cfg = DedupConfig(threshold=threshold, shingling=shingling, keep=keep)
     except ValidationError as exc:
         raise _config_error(exc) from None
-    result = run(in_dir, out_dir, cfg, workers=workers, strict=strict, work_dir=work_dir, progress=True)
+    result = run(in_dir, out_dir, cfg, workers=workers, strict=strict, work_dir=work_dir, progress=True,
+                 partitions=partitions, memory_mb=memory_mb)  # fmt: skip
     _report(result, out_dir)

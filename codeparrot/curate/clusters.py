@@ -55,39 +55,56 @@ class UnionFind:
         return sorted((sorted(g) for g in by_root.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def candidate_pairs(bands: np.ndarray, max_bucket: int) -> np.ndarray:
-    """Unique pairs (i < j) of rows sharing at least one band hash; rows must be in canonical order.
+def bucket_pairs(hashes: np.ndarray, rows: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j, maybe repeated) of `rows` that share a hash in one table of band hashes, and the
+    hash of the bucket that made each pair.
 
     A bucket larger than `max_bucket` links each member to the next one and to the first one (in row
     order) instead of to every member: O(k) pairs instead of O(k^2) for template-generated families,
     whose members also meet in other bands.
     """
-    n, n_bands = bands.shape
+    n = len(hashes)
+    order = np.lexsort((rows, hashes))
+    col, members_all = hashes[order], rows[order]
+    breaks = np.flatnonzero(col[1:] != col[:-1]) + 1
+    starts = np.concatenate(([0], breaks)).astype(np.int64)
+    sizes = np.diff(np.concatenate((starts, [n])))
     chunks: list[np.ndarray] = []
-    for k in range(n_bands):
-        order = np.argsort(bands[:, k], kind="stable")
-        col = bands[order, k]
-        breaks = np.flatnonzero(col[1:] != col[:-1]) + 1
-        starts = np.concatenate(([0], breaks))
-        sizes = np.diff(np.concatenate((starts, [n])))
-        pairs_of_two = starts[sizes == 2]
-        if pairs_of_two.size:
-            chunks.append(np.stack([order[pairs_of_two], order[pairs_of_two + 1]], axis=1))
-        for start, size in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist(), strict=True):
-            members = np.sort(order[start : start + size])
-            if size <= max_bucket:
-                i, j = np.triu_indices(size, 1)
-                chunks.append(np.stack([members[i], members[j]], axis=1))
-            else:
-                chain = np.stack([members[:-1], members[1:]], axis=1)
-                star = np.stack([np.full(size - 2, members[0]), members[2:]], axis=1)
-                chunks.append(np.concatenate([chain, star]))
+    of: list[np.ndarray] = []
+    two = starts[sizes == 2]
+    if two.size:
+        chunks.append(np.stack([members_all[two], members_all[two + 1]], axis=1))
+        of.append(col[two])
+    for start, size in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist(), strict=True):
+        members = members_all[start : start + size]
+        if size <= max_bucket:
+            i, j = np.triu_indices(size, 1)
+            chunks.append(np.stack([members[i], members[j]], axis=1))
+        else:
+            chain = np.stack([members[:-1], members[1:]], axis=1)
+            star = np.stack([np.full(size - 2, members[0]), members[2:]], axis=1)
+            chunks.append(np.concatenate([chain, star]))
+        of.append(np.full(len(chunks[-1]), col[start], dtype=np.uint64))
     if not chunks:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, np.uint64)
+    return np.concatenate(chunks).astype(np.int64), np.concatenate(of)
+
+
+def unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Each pair once, as (i < j), sorted."""
+    if not len(pairs):
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(chunks).astype(np.int64)
-    pairs.sort(axis=1)
+    pairs = np.sort(pairs, axis=1)
     code = np.unique(pairs[:, 0] * n + pairs[:, 1])
     return np.stack([code // n, code % n], axis=1)
+
+
+def candidate_pairs(bands: np.ndarray, max_bucket: int) -> np.ndarray:
+    """Unique pairs (i < j) of rows sharing at least one band hash; rows must be in canonical order."""
+    n, n_bands = bands.shape
+    rows = np.arange(n, dtype=np.int64)
+    chunks = [bucket_pairs(bands[:, k], rows, max_bucket)[0] for k in range(n_bands)]
+    return unique_pairs(np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int64), n)
 
 
 def estimate_floor(threshold: float, num_perm: int) -> float:
@@ -117,10 +134,24 @@ def link_near_duplicates(
     max_bucket: int,
 ) -> VerifyStats:
     """Union every candidate pair of `ids` (rows of sig/bands, canonical order) whose exact Jaccard
-    reaches the threshold. Pairs already connected are skipped: they cannot change the components."""
-    stats = VerifyStats()
-    pairs = candidate_pairs(bands, max_bucket)
-    stats.candidates = len(pairs)
+    reaches the threshold."""
+    return verify_pairs(uf, ids, sig, candidate_pairs(bands, max_bucket), tokens, threshold=threshold)
+
+
+def verify_pairs(
+    uf: UnionFind,
+    ids: np.ndarray,
+    sig: np.ndarray,
+    pairs: np.ndarray,
+    tokens: Callable[[int], np.ndarray],
+    *,
+    threshold: float,
+    edges: list[tuple[int, int]] | None = None,
+) -> VerifyStats:
+    """Union the candidate `pairs` (rows of `ids` and `sig`) whose exact Jaccard reaches the threshold,
+    appending each verified edge (as ids) to `edges`. Pairs already connected are skipped: they cannot
+    change the components."""
+    stats = VerifyStats(candidates=len(pairs))
     if not len(pairs):
         return stats
     est = estimated_jaccard(sig, pairs[:, 0], pairs[:, 1])
@@ -137,5 +168,7 @@ def link_near_duplicates(
         if jaccard(tokens(a), tokens(b)) >= threshold:
             uf.union(a, b)
             stats.edges += 1
+            if edges is not None:
+                edges.append((a, b))
     log.debug("near-dup candidates: %s", stats)
     return stats

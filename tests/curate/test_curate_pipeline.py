@@ -240,3 +240,61 @@ def test_secrets_are_redacted_before_dedup_and_benchmark_copies_are_removed(tool
 
 def _read_kept(out: Path) -> list[dict]:
     return [orjson.loads(line) for p in sorted(out.glob("*.json.gz")) for line in gzip.decompress(p.read_bytes()).splitlines()]
+
+
+def test_output_is_identical_for_any_partition_count_and_writer_ranges(tools: SimpleNamespace, tmp_path: Path, dup_corpus: Corpus) -> None:
+    recs = dup_corpus(seed=4, n=40, n_forks=10)
+    recs += [{**r, "repo_name": r["repo_name"] + "-copy", "copies": 3} for r in recs[:5]]  # exact copies
+    tools.write_records(tmp_path / "in", recs, per_shard=7)
+    # small output shards: with P = 7 the writer ranges (~1/7 of the kept bytes each) split them, and
+    # the lines go through the route stage; with P = 1 one range reads the input directly
+    cfg = CurateConfig(licenses="any", few_assignments=None, shard_max_bytes=4000, write_dropped=True)
+    one = pipeline.curate(tmp_path / "in", tmp_path / "p1", cfg, workers=1, partitions=1)
+    many = pipeline.curate(tmp_path / "in", tmp_path / "p7", cfg, workers=2, partitions=7, memory_mb=64)
+    assert one.dropped == {"exact-dup": 6, "near-dup": 10} and len(one.shards) > 7
+    assert outputs(tmp_path / "p1") == outputs(tmp_path / "p7")
+    assert one.content_hash == many.content_hash
+    dropped = {p.relative_to(tmp_path / "p1"): p.read_bytes() for p in (tmp_path / "p1" / "dropped").rglob("*.json.gz")}
+    assert dropped == {p.relative_to(tmp_path / "p7"): p.read_bytes() for p in (tmp_path / "p7" / "dropped").rglob("*.json.gz")}
+    removed = [r for p in sorted((tmp_path / "p1" / "dropped" / "near-dup").glob("*.json.gz")) for r in iter_shard(p)]
+    assert len(removed) == 10 and all(r in recs for r in removed)
+
+
+def test_two_thousand_shards_curate_under_ulimit_256(tools: SimpleNamespace, tmp_path: Path, dup_corpus: Corpus) -> None:
+    """Open files are bounded by a constant, not by the number of shards (the key merge has a fan-in,
+    every stage opens one shard's file at a time)."""
+    import subprocess
+    import sys
+
+    recs = dup_corpus(seed=5, n=1699, n_forks=300)  # and one whitespace copy: 2,000 records
+    tools.write_records(tmp_path / "in", recs, per_shard=1)
+    assert len(list((tmp_path / "in").glob("*.json.gz"))) == 2000
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256));"
+        "from codeparrot.cli import main; sys.argv = ['codeparrot', *sys.argv[1:]]; main()"
+    )
+    args = ["dedup", str(tmp_path / "in"), str(tmp_path / "out"), "--workers", "2", "--partitions", "3"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tools.write_records(tmp_path / "few", recs, per_shard=500)
+    pipeline.dedup(tmp_path / "few", tmp_path / "ref", workers=1)
+    assert outputs(tmp_path / "out") | {pipeline.STATS_JSON: b""} == outputs(tmp_path / "ref") | {pipeline.STATS_JSON: b""}
+    assert orjson.loads((tmp_path / "out" / pipeline.STATS_JSON).read_bytes())["dropped"] == {"near-dup": 301}
+
+
+def test_stage_intermediates_need_no_copy_of_the_input(tools: SimpleNamespace, tmp_path: Path, dup_corpus: Corpus) -> None:
+    """The work folder holds signatures, token sets and small arrays, no copy of the records: the output
+    stage re-reads the input shards (and the few lines redaction changed from the work folder)."""
+    recs = dup_corpus(seed=6, n=60, n_forks=5)
+    recs[7] = {**recs[7], "content": recs[7]["content"] + "\nEMAIL = 'jane.doe@acme-corp.com'\n"}
+    tools.write_records(tmp_path / "in", recs, per_shard=20)
+    pipeline.curate(tmp_path / "in", tmp_path / "out", CurateConfig(licenses="any", few_assignments=None), work_dir=tmp_path / "work")
+    from codeparrot.curate.work import ShardReader
+
+    folders = [p for p in (tmp_path / "work").iterdir() if p.is_dir()]
+    assert len(folders) == 4 and all({f.name for f in folder.iterdir()} == {"_DONE.json", "keys.jsonl", "arrays.bin"} for folder in folders)
+    redacted = [line for folder in folders for line in ShardReader(folder).redacted().values()]
+    assert len(redacted) == 1 and b"<EMAIL>" in redacted[0]
+    kept = {(r["repo_name"], r["path"]): r for r in kept_records(tmp_path / "out")}
+    redacted = kept[(recs[7]["repo_name"], recs[7]["path"])]["content"]
+    assert "jane.doe@acme-corp.com" not in redacted and "<EMAIL>" in redacted

@@ -11,6 +11,7 @@ import pytest
 
 from codeparrot.curate.config import CurateConfig
 from codeparrot.curate.pipeline import curate
+from codeparrot.env import restored_environ
 
 
 def python_file(rng: random.Random) -> str:
@@ -38,29 +39,52 @@ def write_corpus(folder: Path) -> list[Path]:
     return paths
 
 
-def test_mapped_tasks_on_a_local_dask_cluster_match_the_local_driver(prefect_harness: Path, tmp_path: Path) -> None:
+def test_every_stage_on_a_local_dask_cluster_with_four_partitions_matches_the_threaded_run(
+    prefect_harness: Path, tmp_path: Path
+) -> None:
+    from prefect import flow
+
+    from tasks.curate import _NANNY_ENVIRON, curate_shards, dask_runner
+
+    shards = write_corpus(tmp_path / "in")
+    cfg = CurateConfig(shard_max_records=3)  # several output shards, so the writer ranges split them
+
+    @flow
+    def curate_flow(paths: list[Path], work: Path, out: Path, partitions: int | None) -> dict:
+        return curate_shards(paths, cfg, work, out, workers=2, partitions=partitions, memory_mb=64).model_dump()
+
+    # two single-threaded worker processes of 400 MB each; P = 4 partitions of every later stage
+    on_cluster = curate_flow.with_options(task_runner=dask_runner(None, n_workers=2, memory_limit="400MB"))
+    with restored_environ(*_NANNY_ENVIRON):
+        got = on_cluster(shards, tmp_path / "work-dask", tmp_path / "dask", 4)
+    threaded = curate_flow(shards, tmp_path / "work-threads", tmp_path / "threads", None)
+    want = curate(tmp_path / "in", tmp_path / "local", cfg, workers=1)
+    assert got["content_hash"] == threaded["content_hash"] == want.content_hash
+    assert {k: v for k, v in got.items() if k != "out_dir"} == want.model_dump(exclude={"out_dir"})
+    assert got["dropped"] == {"near-dup": 4} and len(got["shards"]) > 1
+    names = sorted(p.name for p in (tmp_path / "dask").glob("part-*.json.gz"))
+    assert names == sorted(p.name for p in (tmp_path / "local").glob("part-*.json.gz"))
+    assert [(tmp_path / "dask" / n).read_bytes() for n in names] == [(tmp_path / "local" / n).read_bytes() for n in names]
+    for name in ("duplicate_clusters.jsonl", "stats.md"):
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+def test_on_dask_puts_the_environment_back(prefect_harness: Path, tmp_path: Path) -> None:
     from prefect import flow
 
     from tasks.curate import _NANNY_ENVIRON, curate_shards, on_dask
 
     shards = write_corpus(tmp_path / "in")
-    cfg = CurateConfig()
 
     @flow
-    def curate_flow(paths: list[Path], work: Path, out: Path) -> dict:
-        return curate_shards(paths, cfg, work, out, workers=2).model_dump()
+    def curate_flow(paths: list[Path], work: Path, out: Path) -> str:
+        return curate_shards(paths, CurateConfig.dedup_only(), work, out).content_hash
 
     before = {k: os.environ.get(k) for k in _NANNY_ENVIRON}
-    got = on_dask(curate_flow, "local", shards, tmp_path / "work", tmp_path / "flow")
+    assert on_dask(curate_flow, "local", shards, tmp_path / "work", tmp_path / "flow")
     # Dask's nanny sets OMP_NUM_THREADS=1 (and more) in the process that starts it; a trainer launched
     # from this process afterwards would inherit one thread. on_dask puts the environment back.
     assert {k: os.environ.get(k) for k in _NANNY_ENVIRON} == before
-    want = curate(tmp_path / "in", tmp_path / "local", cfg, workers=1)
-    assert got["content_hash"] == want.content_hash
-    assert {k: v for k, v in got.items() if k != "out_dir"} == want.model_dump(exclude={"out_dir"})
-    assert got["dropped"] == {"near-dup": 4}
-    flow_files = sorted(p.name for p in (tmp_path / "flow").glob("part-*.json.gz"))
-    assert [(tmp_path / "flow" / n).read_bytes() for n in flow_files] == [(tmp_path / "local" / n).read_bytes() for n in flow_files]
 
 
 @pytest.mark.parametrize("deleted", ["work", "out"])
