@@ -46,6 +46,7 @@ class Run:
     folder: Path  # the run's own files (global arrays, stage outputs)
     shards: tuple[str, ...]  # shard work folders, in global-id order
     inputs: tuple[str, ...]  # the input shard each came from (re-read by the output stage)
+    hashes: tuple[str, ...]  # and its sha256 when it was filtered
     counts: tuple[int, ...]  # survivors per shard
     cfg: CurateConfig
     partitions: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from codeparrot.curate.dedup_stages import Run, load_npz
-from codeparrot.curate.fastgz import _inflate, write_shard
+from codeparrot.curate.fastgz import _inflate, _StreamError, write_shard
+from codeparrot.errors import DataError
 
 try:  # ISA-L's zlib is ~4x faster at level 1 (seen: 370 vs 80 MB/s); both read each other's output
     from isal import isal_zlib as _zlib
@@ -75,29 +77,53 @@ def plan(run: Run, range_bytes: int) -> Plan:
     return Plan(cuts=cuts, shard_of_range=np.asarray(groups, dtype=np.int64))
 
 
+def _inflate_all(path: str, sha256: str) -> bytes:
+    """The whole decompressed content of an input shard that the filter stage read (same sha256), in
+    one call per gzip member (GIL-free, so writer threads inflate shards side by side)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{path} changed after it was filtered (sha256 differs): rerun the curation from the start")
+    out = []
+    try:
+        while raw.strip(b"\0"):
+            d = _zlib.decompressobj(31)
+            out.append(d.decompress(raw))
+            raw = d.unused_data
+            if not d.eof:  # truncated: what came out is what the filter stage read
+                break
+    except Exception:  # a corrupt member: the lines before it, as the filter stage's reader handed them out
+        return b"".join(_readable_prefix(path))
+    return b"".join(out)
+
+
+def _readable_prefix(path: str) -> Iterator[bytes]:
+    try:
+        yield from _inflate(path)
+    except _StreamError:
+        return
+
+
 class _InputLines:
     """An input shard inflated once, its non-blank lines numbered as `read_shard_lines` numbers its
     records; `line(k)` is the k-th with its newline (a slice: only the lines asked for are copied)."""
 
-    _SPACE = frozenset(b" \t\n\r\x0b\x0c")
-
-    def __init__(self, path: str) -> None:
-        self.data = b"".join(_inflate(path))
-        if self.data and not self.data.endswith(b"\n"):
-            self.data += b"\n"
-        ends = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == 10)
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        # blank lines are skipped by the reader; a record's line starts with "{", so only the lines that
-        # start with a space (or are empty) need a full look
-        first = np.frombuffer(self.data, dtype=np.uint8)[np.minimum(starts, max(len(self.data) - 1, 0))] if len(starts) else starts
-        maybe = np.flatnonzero((starts == ends) | np.isin(first, list(self._SPACE)))
-        blank = [k for k in maybe.tolist() if not self.data[starts[k] : ends[k]].strip()]
-        keep = np.ones(len(starts), dtype=bool)
-        keep[blank] = False
-        self.starts, self.ends = starts[keep], ends[keep] + 1
+    def __init__(self, path: str, sha256: str) -> None:
+        self.data = data = _inflate_all(path, sha256)
+        starts, ends = [], []
+        pos, find = 0, data.find
+        while pos < len(data):  # one C-level search per line: records are lines of several KB
+            end = find(b"\n", pos)
+            end = len(data) if end < 0 else end
+            if data[pos : pos + 1] in (b"{", b"[") or data[pos:end].strip():  # blank lines are not records
+                starts.append(pos)
+                ends.append(end)
+            pos = end + 1
+        self.starts, self.ends = starts, ends
 
     def line(self, k: int) -> bytes:
-        return self.data[self.starts[k] : self.ends[k]]
+        a, b = self.starts[k], self.ends[k]
+        return self.data[a:b] + b"\n"
 
 
 def _kept_of_shard(run: Run, s: int, lo: int, hi: int) -> tuple[np.ndarray, list[bytes]]:
@@ -111,7 +137,7 @@ def _kept_of_shard(run: Run, s: int, lo: int, hi: int) -> tuple[np.ndarray, list
     reader = run.reader(s)
     source = reader.array("source")
     redacted = reader.redacted()
-    lines = _InputLines(run.inputs[s])
+    lines = _InputLines(run.inputs[s], run.hashes[s])
     mine = mine[np.argsort(rank[mine], kind="stable")]
     return rank[mine], [redacted.get(i) or lines.line(source[i]) for i in mine.tolist()]
 
@@ -180,7 +206,7 @@ def removed_lines(run: Run, s: int, removed: np.ndarray) -> list[bytes]:
     reader = run.reader(s)
     source = reader.array("source")
     redacted = reader.redacted()
-    lines = _InputLines(run.inputs[s])
+    lines = _InputLines(run.inputs[s], run.hashes[s])
     local = removed - base[s]
     local = local[np.argsort(np.asarray(run.array("rank")[removed]), kind="stable")]
     return [redacted.get(i) or lines.line(source[i]) for i in local.tolist()]

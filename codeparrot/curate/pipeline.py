@@ -52,6 +52,7 @@ from codeparrot.curate.filter_stage import (
     filter_shard,
     shard_folder,
 )
+from codeparrot.curate.minhash import permutations
 from codeparrot.curate.pii import PLACEHOLDERS
 from codeparrot.curate.steps import step_of
 from codeparrot.curate.work import DONE, SLOTS, ShardReader
@@ -215,7 +216,7 @@ def _finalize(
     folder = work_dir / f"run-{key[:16]}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    run = dd.Run(folder, tuple(s.work for s in summaries), tuple(s.shard for s in summaries),
+    run = dd.Run(folder, tuple(s.work for s in summaries), tuple(s.shard for s in summaries), tuple(s.sha256 for s in summaries),
                  tuple(s.survivors for s in summaries), cfg, p_count)  # fmt: skip
     parts = list(range(p_count))
     dd.rank_keys(run)
@@ -385,9 +386,12 @@ class _ShardJob:
 
     def __init__(self, cfg: CurateConfig, work_dir: Path) -> None:
         self.cfg, self.work_dir = cfg, work_dir
-        # Built here, before a pool forks: forked workers inherit the steps instead of each building them.
+        # Built here, before a pool forks: forked workers inherit the steps (and numpy.random, imported
+        # by the permutations) instead of each building them.
         step_of(cfg.redaction)
         step_of(cfg.decontamination)
+        if cfg.near_dedup:
+            permutations(cfg.dedup.num_perm, cfg.dedup.seed)
 
     def __call__(self, shard: Path) -> ShardSummary:
         return filter_shard(shard, self.cfg, self.work_dir)
