@@ -299,8 +299,8 @@ def lsh_partition(run: Run, p: int) -> dict[str, int]:
         mine = np.asarray(rep[gid])
         hashes.append(h[mine])
         gids.append(gid[mine])
-        shard_of.append(np.full(int(mine.sum()), s, dtype=np.int64))
-        sig_rows.append(row[mine].astype(np.int64))
+        shard_of.append(np.full(int(mine.sum()), s, dtype=np.int32))
+        sig_rows.append(row[mine])
     if not hashes:
         _save_npz(run.output("lsh", p), a=np.zeros(0, np.int64), b=np.zeros(0, np.int64))
         return {"candidate_pairs": 0, "after_estimate": 0, "verified_pairs": 0, "edges": 0}
@@ -314,13 +314,16 @@ def lsh_partition(run: Run, p: int) -> dict[str, int]:
     rows = row_of[np.searchsorted(uniq, gid)]
     pairs, made_by = bucket_pairs(h, rows, d.max_bucket)
     del h, rows
-    # signatures of the rows in a pair, read shard by shard
+    # Signatures of the rows in a pair only (a partition sees most ids through one band or another, but
+    # few of them are in a pair), read shard by shard; pairs are renumbered over those rows.
     needed = np.unique(pairs) if len(pairs) else np.zeros(0, np.int64)
-    sig = np.zeros((len(ids), d.num_perm), dtype=np.uint32)
-    src = first[by_rank]  # an occurrence of each row in the concatenated slices
-    for s in np.unique(shard[src[needed]]).tolist():
-        want = needed[shard[src[needed]] == s]
-        sig[want] = run.reader(s).rows("sig", sig_row[src[want]])
+    sig = np.zeros((len(needed), d.num_perm), dtype=np.uint32)
+    src = first[by_rank][needed]  # an occurrence of each needed row in the concatenated slices
+    for s in np.unique(shard[src]).tolist():
+        at = np.flatnonzero(shard[src] == s)
+        sig[at] = run.reader(s).rows("sig", sig_row[src[at]])
+    ids = ids[needed]
+    pairs = np.searchsorted(needed, pairs)
     pairs = unique_pairs(pairs[_owned(sig, pairs, made_by, d.bands, d.rows)], len(ids))
     edges: list[tuple[int, int]] = []
     stats = verify_pairs(UnionFind(len(ids)), np.arange(len(ids)), sig, pairs, _LazyTokens(run, ids, pairs), threshold=d.threshold, edges=edges)

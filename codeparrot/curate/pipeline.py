@@ -259,9 +259,10 @@ def _finalize(
         dd._save_npz(near_file, members=near_groups.members, sizes=near_groups.sizes)
     dd._save_global(run, "alive", alive)
     t1 = time.perf_counter()
-    # writer ranges: with P partitions each holds about 1/P of the kept bytes, and never more than the budget
+    # Writer ranges: each holds its lines in memory (plus the list and the compressor's buffers, ~1.5x),
+    # so at most 1/8 of the budget and about 1/P of the kept bytes; never less than one output shard.
     kept_bytes = int(np.asarray(run.array("line_len"))[alive].sum()) if n else 0
-    range_bytes = max(cfg.shard_max_bytes, min(memory_mb * 2**20 // 2, -(-kept_bytes // p_count)))
+    range_bytes = max(cfg.shard_max_bytes, min(memory_mb * 2**20 // 8, -(-kept_bytes // p_count)))
     plan = output.plan(run, range_bytes)
     routed = plan.ranges > 1
     if routed:
