@@ -669,6 +669,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/codeparrot-scale"), help="cache of corpora and scratch space")
     ap.add_argument("--peers", action="store_true", help="reference, ours and datatrove on the smallest size, scored")
     ap.add_argument("--baseline-tree", type=Path, help="an older checkout (git worktree) timed with the same commands")
+    ap.add_argument("--head-tree", type=Path,
+                    help="time this checkout as 'head' instead of the editable install (so the tree can be edited meanwhile)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the fastest counts")
     ap.add_argument("--workers", type=int, default=2, help="--workers of every command, and corpus-building processes")
     ap.add_argument("--base-files", type=int, default=9524, help="make_corpus --max-files of the base (9,524 + 5%% = 10,000 files)")
@@ -690,10 +692,13 @@ def main() -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     commands = args.commands.split(",")
     cli = [str(Path(sys.executable).with_name("codeparrot"))]
+    if args.head_tree:
+        cli = tree_main(args.head_tree.resolve())
     codes: dict[str, list[str]] = {"head": cli}
     meta: dict[str, object] = {"cpus": os.cpu_count(), "workers": args.workers, "load_before": round(os.getloadavg()[0], 2),
                                "python": sys.version.split()[0]}
-    head = subprocess.run([sys.executable, "-c", "import codeparrot; print(codeparrot.__file__)"], capture_output=True,
+    where = f"import sys; sys.path.insert(0, {str(args.head_tree.resolve())!r}); " if args.head_tree else ""
+    head = subprocess.run([sys.executable, "-c", where + "import codeparrot; print(codeparrot.__file__)"], capture_output=True,
                           text=True, check=True, cwd=work).stdout.strip()
     log(f"head imports codeparrot from {head}")
     meta["head"] = {"codeparrot": head}
