@@ -32,6 +32,7 @@ import math
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from codeparrot.curate.filter_stage import (
 from codeparrot.curate.minhash import permutations
 from codeparrot.curate.pii import PLACEHOLDERS
 from codeparrot.curate.steps import step_of
-from codeparrot.curate.work import DONE, SLOTS, ShardReader
+from codeparrot.curate.work import DONE, SLOTS
 from codeparrot.errors import ConfigError, DataError, writing
 from codeparrot.shards import ShardWriter, list_shards
 from codeparrot.storage import atomic_write_bytes, locked
@@ -199,6 +200,68 @@ class _borrowed:
         pass
 
 
+@dataclass
+class _Dedup:
+    """What the dedup stages decided: which ids survive, and where their groups are."""
+
+    alive: np.ndarray
+    removed: dict[str, int] = field(default_factory=dict)  # exact-dup / near-dup counts
+    exact_files: list[Path] = field(default_factory=list)  # one Groups file per partition
+    near_file: Path | None = None
+    near_groups: int = 0
+    near_info: dict[str, int] = field(default_factory=dict)
+
+
+def _dedup(run: dd.Run, ex: Executor) -> _Dedup:
+    """Ranks, then exact dedup and near-dedup over the run's partitions; `alive.npy` left for the output."""
+    cfg, parts = run.cfg, list(range(run.partitions))
+    dd.rank_keys(run)
+    out = _Dedup(alive=np.ones(run.n, dtype=bool))
+    if cfg.exact_dedup:
+        ex.map(functools.partial(dd.exact_partition, run), parts, desc="exact dedup")
+        out.exact_files = [run.output("exact", p) for p in parts]
+        removed = np.concatenate([dd.Groups(**dd.load_npz(f)).removed() for f in out.exact_files])
+        out.alive[removed] = False
+        out.removed[stats.EXACT_DUP] = len(removed)
+    dd._save_global(run, "alive", out.alive)
+    if cfg.near_dedup:
+        infos = ex.map(functools.partial(dd.identical_partition, run), parts, desc="identical sets")
+        lsh = np.zeros(run.n, dtype=bool)  # the LSH stage's ids: signed, alive, one of each identical set
+        for s in range(len(run.shards)):
+            lsh[run.reader(s).array("signed") + run.base[s]] = True
+        lsh &= out.alive
+        for p in parts:
+            lsh[dd.load_npz(run.output("identical", p))["b"]] = False
+        dd._save_global(run, "lsh", lsh)
+        del lsh
+        infos += ex.map(functools.partial(dd.lsh_partition, run), parts, desc="near dedup")
+        out.near_info = dd.near_info(infos)
+        groups = dd.components(run, [run.output(stage, p) for stage in ("identical", "lsh") for p in parts])
+        removed = groups.removed()
+        out.alive[removed] = False
+        out.removed[stats.NEAR_DUP] = len(removed)
+        out.near_file, out.near_groups = run.path("near-groups.npz"), len(groups)
+        dd._save_npz(out.near_file, members=groups.members, sizes=groups.sizes)
+        dd._save_global(run, "alive", out.alive)
+    return out
+
+
+def _write(run: dd.Run, ex: Executor, alive: np.ndarray, out_dir: Path, memory_mb: int) -> list[tuple[str, str]]:
+    """The kept records as output shards, by writer ranges; each shard's name and sha256, in order."""
+    # Writer ranges: each holds its lines in memory (plus the list and the compressor's buffers, ~1.5x),
+    # so at most 1/8 of the budget and about 1/P of the kept bytes; never less than one output shard.
+    kept_bytes = int(np.asarray(run.array("line_len"))[alive].sum()) if run.n else 0
+    range_bytes = max(run.cfg.shard_max_bytes, min(memory_mb * 2**20 // 8, -(-kept_bytes // run.partitions)))
+    plan = output.plan(run, range_bytes)
+    routed = plan.ranges > 1
+    if routed:
+        ex.map(functools.partial(output.route_shard, run, plan_=plan), list(range(len(run.shards))), desc="route",
+               sizes=list(run.counts))  # fmt: skip
+    threads = max(1, ex.workers // max(1, plan.ranges))
+    write = functools.partial(output.write_range, run, plan_=plan, out_dir=out_dir, routed=routed, threads=threads)
+    return [w for ws in ex.map(write, list(range(plan.ranges)), desc="write") for w in ws]
+
+
 def _finalize(
     summaries: list[ShardSummary], cfg: CurateConfig, work_dir: Path, out_dir: Path, key: str,
     ex: Executor, partitions: int | None, memory_mb: int,
@@ -212,77 +275,32 @@ def _finalize(
     _clean_outputs(out_dir)
     t0 = time.perf_counter()
     n = sum(s.survivors for s in summaries)
-    p_count = partitions or partitions_for(n, memory_mb)
     folder = work_dir / f"run-{key[:16]}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     run = dd.Run(folder, tuple(s.work for s in summaries), tuple(s.shard for s in summaries), tuple(s.sha256 for s in summaries),
-                 tuple(s.survivors for s in summaries), cfg, p_count)  # fmt: skip
-    parts = list(range(p_count))
-    dd.rank_keys(run)
-    dropped: Counter[str] = Counter()
+                 tuple(s.survivors for s in summaries), cfg, partitions or partitions_for(n, memory_mb))  # fmt: skip
+    decided = _dedup(run, ex)
+    t1 = time.perf_counter()
+    written = _write(run, ex, decided.alive, out_dir, memory_mb)
+    cluster_files = ex.map(functools.partial(output.cluster_partition, run, exact_files=decided.exact_files, near_file=decided.near_file),
+                           list(range(run.partitions)), desc="clusters")  # fmt: skip
+    output.merge_clusters(cluster_files, out_dir / CLUSTERS)
+    if cfg.write_dropped:
+        _write_dropped(run, summaries, out_dir, decided.exact_files, decided.near_file)
+    dropped: Counter[str] = Counter(decided.removed)
     unknown: Counter[str] = Counter()
     for s in summaries:
         dropped.update(s.dropped)
         unknown.update(s.unknown_licenses)
-    alive = np.ones(n, dtype=bool)
-    exact_files: list[Path] = []
-    if cfg.exact_dedup:
-        ex.map(functools.partial(dd.exact_partition, run), parts, desc="exact dedup")
-        exact_files = [run.output("exact", p) for p in parts]
-        for group_file in exact_files:
-            removed = dd.Groups(**dd.load_npz(group_file)).removed()
-            alive[removed] = False
-            dropped[stats.EXACT_DUP] += len(removed)
-    dd._save_global(run, "alive", alive)
-    near_file: Path | None = None
-    near_info: dict[str, int] = {}
-    near_groups = dd.Groups()
-    if cfg.near_dedup:
-        infos = ex.map(functools.partial(dd.identical_partition, run), parts, desc="identical sets")
-        lsh = np.zeros(n, dtype=bool)
-        base = run.base
-        for s in range(len(summaries)):
-            lsh[ShardReader(summaries[s].work).array("signed") + base[s]] = True
-        lsh &= alive
-        for p in parts:
-            lsh[dd.load_npz(run.output("identical", p))["b"]] = False
-        dd._save_global(run, "lsh", lsh)
-        del lsh
-        infos += ex.map(functools.partial(dd.lsh_partition, run), parts, desc="near dedup")
-        near_info = dd.near_info(infos)
-        near_groups = dd.components(run, [run.output(stage, p) for stage in ("identical", "lsh") for p in parts])
-        removed = near_groups.removed()
-        alive[removed] = False
-        dropped[stats.NEAR_DUP] += len(removed)
-        near_file = run.path("near-groups.npz")
-        dd._save_npz(near_file, members=near_groups.members, sizes=near_groups.sizes)
-    dd._save_global(run, "alive", alive)
-    t1 = time.perf_counter()
-    # Writer ranges: each holds its lines in memory (plus the list and the compressor's buffers, ~1.5x),
-    # so at most 1/8 of the budget and about 1/P of the kept bytes; never less than one output shard.
-    kept_bytes = int(np.asarray(run.array("line_len"))[alive].sum()) if n else 0
-    range_bytes = max(cfg.shard_max_bytes, min(memory_mb * 2**20 // 8, -(-kept_bytes // p_count)))
-    plan = output.plan(run, range_bytes)
-    routed = plan.ranges > 1
-    if routed:
-        ex.map(functools.partial(output.route_shard, run, plan_=plan), list(range(len(summaries))), desc="route",
-               sizes=[s.survivors for s in summaries])  # fmt: skip
-    threads = max(1, ex.workers // max(1, plan.ranges))
-    written = [w for ws in ex.map(functools.partial(output.write_range, run, plan_=plan, out_dir=out_dir, routed=routed, threads=threads),
-                                  list(range(plan.ranges)), desc="write") for w in ws]  # fmt: skip
-    kept = int(alive.sum())
+    kept = int(decided.alive.sum())
     records_in = sum(s.records_in for s in summaries)
     stats.check_balance(records_in, kept, dropped)
     bad_shards = sorted((s.bad for s in summaries if s.bad is not None), key=lambda b: b.shard)
     set_aside = dict(Counter(b.reason for b in bad_shards))
     content_hash = hashlib.sha256(f"{CURATE_VERSION}:".encode() + "".join(h for _, h in written).encode()).hexdigest()
-    cluster_files = ex.map(functools.partial(output.cluster_partition, run, exact_files=exact_files, near_file=near_file),
-                           parts, desc="clusters")  # fmt: skip
-    output.merge_clusters(cluster_files, out_dir / CLUSTERS)
-    exact_count = sum(len(dd.load_npz(f)["sizes"]) for f in exact_files)
-    if cfg.write_dropped:
-        _write_dropped(run, summaries, out_dir, exact_files, near_file)
+    exact_count = sum(len(dd.load_npz(f)["sizes"]) for f in decided.exact_files)
+    near_groups, near_info, p_count = decided.near_groups, decided.near_info, run.partitions
     result = CurateResult(
         out_dir=str(out_dir),
         content_hash=content_hash,
@@ -291,7 +309,7 @@ def _finalize(
         dropped=stats.ordered(dropped),
         shards=[name for name, _ in written],
         exact_dup_clusters=exact_count,
-        near_dup_clusters=len(near_groups),
+        near_dup_clusters=near_groups,
         table=stats.markdown_table(records_in, kept, dropped, set_aside),
         bad_shards=bad_shards,
     )
@@ -304,7 +322,7 @@ def _finalize(
         "shards_in": len(summaries),
         "shards_out": len(written),
         "exact_dup_clusters": exact_count,
-        "near_dup_clusters": len(near_groups),
+        "near_dup_clusters": near_groups,
         "near_dedup": near_info,
         **_steps_report(summaries, cfg, out_dir),
         "content_hash": content_hash,
