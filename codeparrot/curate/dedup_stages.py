@@ -20,9 +20,10 @@ stage's output is a deterministic function of the data, not of P, the worker cou
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,31 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if k != _INFO}
+
+
+_INFO = "_info"
+
+
+def partition_stage(stage: str) -> Callable[[Callable[[Run, int], tuple[dict[str, np.ndarray], dict[str, int]]]], Callable[[Run, int], dict[str, int]]]:
+    """A stage over partitions with its own output file per partition, complete once that file exists
+    (written atomically, its counts inside): a rerun after a crash or a lost worker redoes only the
+    partitions that have no file."""
+
+    def wrap(fn: Callable[[Run, int], tuple[dict[str, np.ndarray], dict[str, int]]]) -> Callable[[Run, int], dict[str, int]]:
+        @functools.wraps(fn)
+        def run_partition(run: Run, p: int) -> dict[str, int]:
+            path = run.output(stage, p)
+            if path.is_file():
+                with np.load(path) as data:
+                    return orjson.loads(data[_INFO].tobytes())
+            arrays, info = fn(run, p)
+            _save_npz(path, **arrays, **{_INFO: np.frombuffer(orjson.dumps(info), dtype=np.uint8)})
+            return info
+
+        return run_partition
+
+    return wrap
 
 
 def _save_global(run: Run, name: str, array: np.ndarray) -> None:
@@ -115,9 +140,14 @@ def _merge(sources: list[Iterator[list[Any]]]) -> Iterator[list[Any]]:
     return heapq.merge(*sources, key=lambda e: e[:4])
 
 
+RANK_ARRAYS = ("rank", "order", "skey", "line_len")
+
+
 def rank_keys(run: Run) -> None:
     """`rank.npy` (id -> canonical rank), `order.npy` (rank -> id), `skey.npy` (the keep rule's sort key:
-    smaller survives) and `line_len.npy`, all per global id."""
+    smaller survives) and `line_len.npy`, all per global id; a no-op when they are there."""
+    if all(run.path(f"{name}.npy").is_file() for name in RANK_ARRAYS):
+        return
     base = run.base
     keys = [run.reader(s).folder / "keys.jsonl" for s in range(len(run.shards))]
     level: list[tuple[Path, int | None]] = [(k, int(base[s])) for s, k in enumerate(keys)]
@@ -152,7 +182,7 @@ def rank_keys(run: Run) -> None:
     else:  # most copies first, then the smallest key: -copies * n + rank orders lexicographically
         copies = np.concatenate([run.reader(s).array("copies") for s in range(len(run.shards))]) if n else np.zeros(0, np.int64)
         skey = -copies * max(n, 1) + rank
-    for name, array in (("rank", rank), ("order", order), ("skey", skey), ("line_len", line_len)):
+    for name, array in zip(RANK_ARRAYS, (rank, order, skey, line_len), strict=True):
         _save_global(run, name, array)
 
 
@@ -204,7 +234,8 @@ def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- 2. exact
 
 
-def exact_partition(run: Run, p: int) -> dict[str, int]:
+@partition_stage("exact")
+def exact_partition(run: Run, p: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Exact copies among the ids whose digest falls in partition p; the groups go to its output file."""
     lo, hi = slot_range(p, run.partitions)
     base, skey = run.base, run.array("skey")
@@ -224,8 +255,7 @@ def exact_partition(run: Run, p: int) -> dict[str, int]:
     starts, ends = _runs(w[order])
     groups = [gid[order[a:b]] for a, b in zip(starts.tolist(), ends.tolist(), strict=True) if b - a > 1]
     g = Groups.of(groups)
-    _save_npz(run.output("exact", p), members=g.members, sizes=g.sizes)
-    return {"groups": len(g), "removed": int(g.sizes.sum() - len(g))}
+    return {"members": g.members, "sizes": g.sizes}, {"groups": len(g), "removed": int(g.sizes.sum() - len(g))}
 
 
 # ---------------------------------------------------------------------------------------------- 3. identical sets
@@ -243,11 +273,12 @@ def _token_sets(run: Run, gids: np.ndarray) -> dict[int, np.ndarray]:
     return out
 
 
-def identical_partition(run: Run, p: int) -> dict[str, int]:
+@partition_stage("identical")
+def identical_partition(run: Run, p: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Alive signed ids of partition p whose token sets are identical: linked (J = 1) without LSH, and
     all but the first of each set (in canonical order) left out of the LSH stage."""
     lo, hi = slot_range(p, run.partitions)
-    base, rank, alive = run.base, run.array("rank"), run.array("alive")
+    base, rank, alive = run.base, run.array("rank"), run.array("alive-exact")
     ids, digests = [], []
     for s in range(len(run.shards)):
         reader = run.reader(s)
@@ -276,14 +307,15 @@ def identical_partition(run: Run, p: int) -> dict[str, int]:
                 linked_a.append(head)
                 linked_b.append(other)
             # else: a 64-bit digest collision: both stay in the LSH
-    _save_npz(run.output("identical", p), a=np.asarray(linked_a, np.int64), b=np.asarray(linked_b, np.int64))
-    return {"signed": len(gid), "identical_sets": len(linked_a)}
+    edges = {"a": np.asarray(linked_a, np.int64), "b": np.asarray(linked_b, np.int64)}
+    return edges, {"signed": len(gid), "identical_sets": len(linked_a)}
 
 
 # ---------------------------------------------------------------------------------------------- 4. LSH
 
 
-def lsh_partition(run: Run, p: int) -> dict[str, int]:
+@partition_stage("lsh")
+def lsh_partition(run: Run, p: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Candidate pairs from the band buckets of partition p, verified by exact Jaccard; the verified
     edges go to its output file. Only the LSH representatives (`lsh.npy`) take part."""
     d = run.cfg.dedup
@@ -302,8 +334,8 @@ def lsh_partition(run: Run, p: int) -> dict[str, int]:
         shard_of.append(np.full(int(mine.sum()), s, dtype=np.int32))
         sig_rows.append(row[mine])
     if not hashes:
-        _save_npz(run.output("lsh", p), a=np.zeros(0, np.int64), b=np.zeros(0, np.int64))
-        return {"candidate_pairs": 0, "after_estimate": 0, "verified_pairs": 0, "edges": 0}
+        none = {"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64)}
+        return none, {"candidate_pairs": 0, "after_estimate": 0, "verified_pairs": 0, "edges": 0}
     h, gid, shard, sig_row = (np.concatenate(x) for x in (hashes, gids, shard_of, sig_rows))
     # rows = this partition's ids in canonical order, so pairs and bucket caps match the one-process run
     uniq, first = np.unique(gid, return_index=True)
@@ -328,9 +360,8 @@ def lsh_partition(run: Run, p: int) -> dict[str, int]:
     edges: list[tuple[int, int]] = []
     stats = verify_pairs(UnionFind(len(ids)), np.arange(len(ids)), sig, pairs, _LazyTokens(run, ids, pairs), threshold=d.threshold, edges=edges)
     e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    _save_npz(run.output("lsh", p), a=ids[e[:, 0]], b=ids[e[:, 1]])
-    return {"candidate_pairs": stats.candidates, "after_estimate": stats.after_estimate,
-            "verified_pairs": stats.verified, "edges": stats.edges}  # fmt: skip
+    return {"a": ids[e[:, 0]], "b": ids[e[:, 1]]}, {"candidate_pairs": stats.candidates, "after_estimate": stats.after_estimate,
+                                                   "verified_pairs": stats.verified, "edges": stats.edges}  # fmt: skip
 
 
 def _owned(sig: np.ndarray, pairs: np.ndarray, made_by: np.ndarray, bands: int, rows: int) -> np.ndarray:

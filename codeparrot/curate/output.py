@@ -44,6 +44,10 @@ class Plan:
     def ranges(self) -> int:
         return len(self.shard_of_range) - 1
 
+    def key(self) -> str:
+        """Names the route files of this plan (another memory budget routes to other ranges)."""
+        return hashlib.sha256(self.cuts.tobytes() + self.shard_of_range.tobytes()).hexdigest()[:12]
+
     def range_ranks(self, r: int) -> tuple[int, int]:
         return int(self.cuts[self.shard_of_range[r]]), int(self.cuts[self.shard_of_range[r + 1]])
 
@@ -143,30 +147,34 @@ def _kept_of_shard(run: Run, s: int, lo: int, hi: int) -> tuple[np.ndarray, list
 
 
 def route_shard(run: Run, s: int, plan_: Plan) -> None:
-    """Re-read input shard s once and write its kept lines as one compressed section per writer range."""
+    """Re-read input shard s once and write its kept lines as one compressed section per writer range;
+    a no-op when its files are there for this plan."""
+    folder = run.path("route")
+    if (folder / f"{s:06d}-{plan_.key()}.npz").is_file():
+        return
     ranks, lines = _kept_of_shard(run, s, 0, run.n)
     bounds = [plan_.range_ranks(r)[0] for r in range(plan_.ranges)] + [run.n]
     cut = np.searchsorted(ranks, bounds)
     blobs = [_zlib.compress(b"".join(lines[cut[r] : cut[r + 1]]), 1) for r in range(plan_.ranges)]
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in blobs], out=offsets[1:])
-    folder = run.path("route")
     folder.mkdir(exist_ok=True)
-    tmp = folder / f".tmp-{os.getpid()}-{s:06d}.bin"
+    name = f"{s:06d}-{plan_.key()}"
+    tmp = folder / f".tmp-{os.getpid()}-{name}.bin"
     tmp.write_bytes(b"".join(blobs))
-    os.replace(tmp, folder / f"{s:06d}.bin")
+    os.replace(tmp, folder / f"{name}.bin")
     lens = np.asarray([len(x) for x in lines], dtype=np.int64)
-    np.savez(folder / f".tmp-{os.getpid()}-{s:06d}.npz", ranks=ranks, lens=lens, cut=cut, offsets=offsets)
-    os.replace(folder / f".tmp-{os.getpid()}-{s:06d}.npz", folder / f"{s:06d}.npz")
+    np.savez(folder / f".tmp-{os.getpid()}-{name}.npz", ranks=ranks, lens=lens, cut=cut, offsets=offsets)
+    os.replace(folder / f".tmp-{os.getpid()}-{name}.npz", folder / f"{name}.npz")  # last: the shard is routed
 
 
-def _routed(run: Run, s: int, r: int) -> tuple[np.ndarray, list[bytes]]:
-    folder = run.path("route")
-    meta = load_npz(folder / f"{s:06d}.npz")
+def _routed(run: Run, s: int, r: int, plan_: Plan) -> tuple[np.ndarray, list[bytes]]:
+    folder, name = run.path("route"), f"{s:06d}-{plan_.key()}"
+    meta = load_npz(folder / f"{name}.npz")
     a, b = int(meta["cut"][r]), int(meta["cut"][r + 1])
     if a == b:
         return np.zeros(0, np.int64), []
-    with open(folder / f"{s:06d}.bin", "rb") as fh:
+    with open(folder / f"{name}.bin", "rb") as fh:
         fh.seek(int(meta["offsets"][r]))
         data = _zlib.decompress(fh.read(int(meta["offsets"][r + 1] - meta["offsets"][r])))
     ends = np.cumsum(meta["lens"][a:b]).tolist()
@@ -179,7 +187,7 @@ def write_range(run: Run, r: int, plan_: Plan, out_dir: Path, *, routed: bool, t
     lo, hi = plan_.range_ranks(r)
     with ThreadPoolExecutor(max(1, threads)) as pool:  # inflate and deflate run without the GIL
         if routed:
-            parts = list(pool.map(lambda s: _routed(run, s, r), range(len(run.shards))))
+            parts = list(pool.map(lambda s: _routed(run, s, r, plan_), range(len(run.shards))))
         else:
             parts = list(pool.map(lambda s: _kept_of_shard(run, s, lo, hi), range(len(run.shards))))
         ranks = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)

@@ -213,7 +213,9 @@ class _Dedup:
 
 
 def _dedup(run: dd.Run, ex: Executor) -> _Dedup:
-    """Ranks, then exact dedup and near-dedup over the run's partitions; `alive.npy` left for the output."""
+    """Ranks, then exact dedup and near-dedup over the run's partitions; `alive.npy` left for the output.
+    Every stage's outputs stay in the run folder until the curation is done, so a rerun after a crash
+    redoes only what has no output yet."""
     cfg, parts = run.cfg, list(range(run.partitions))
     dd.rank_keys(run)
     out = _Dedup(alive=np.ones(run.n, dtype=bool))
@@ -223,7 +225,7 @@ def _dedup(run: dd.Run, ex: Executor) -> _Dedup:
         removed = np.concatenate([dd.Groups(**dd.load_npz(f)).removed() for f in out.exact_files])
         out.alive[removed] = False
         out.removed[stats.EXACT_DUP] = len(removed)
-    dd._save_global(run, "alive", out.alive)
+    dd._save_global(run, "alive-exact", out.alive)
     if cfg.near_dedup:
         infos = ex.map(functools.partial(dd.identical_partition, run), parts, desc="identical sets")
         lsh = np.zeros(run.n, dtype=bool)  # the LSH stage's ids: signed, alive, one of each identical set
@@ -236,13 +238,16 @@ def _dedup(run: dd.Run, ex: Executor) -> _Dedup:
         del lsh
         infos += ex.map(functools.partial(dd.lsh_partition, run), parts, desc="near dedup")
         out.near_info = dd.near_info(infos)
-        groups = dd.components(run, [run.output(stage, p) for stage in ("identical", "lsh") for p in parts])
+        out.near_file = run.path("near-groups.npz")
+        if not out.near_file.is_file():
+            groups = dd.components(run, [run.output(stage, p) for stage in ("identical", "lsh") for p in parts])
+            dd._save_npz(out.near_file, members=groups.members, sizes=groups.sizes)
+        groups = dd.Groups(**dd.load_npz(out.near_file))
         removed = groups.removed()
         out.alive[removed] = False
         out.removed[stats.NEAR_DUP] = len(removed)
-        out.near_file, out.near_groups = run.path("near-groups.npz"), len(groups)
-        dd._save_npz(out.near_file, members=groups.members, sizes=groups.sizes)
-        dd._save_global(run, "alive", out.alive)
+        out.near_groups = len(groups)
+    dd._save_global(run, "alive", out.alive)
     return out
 
 
@@ -275,9 +280,8 @@ def _finalize(
     _clean_outputs(out_dir)
     t0 = time.perf_counter()
     n = sum(s.survivors for s in summaries)
-    folder = work_dir / f"run-{key[:16]}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder = work_dir / f"run-{key[:16]}"  # kept until done: a rerun picks up the stages that finished
+    folder.mkdir(parents=True, exist_ok=True)
     run = dd.Run(folder, tuple(s.work for s in summaries), tuple(s.shard for s in summaries), tuple(s.sha256 for s in summaries),
                  tuple(s.survivors for s in summaries), cfg, partitions or partitions_for(n, memory_mb))  # fmt: skip
     decided = _dedup(run, ex)

@@ -298,3 +298,33 @@ def test_stage_intermediates_need_no_copy_of_the_input(tools: SimpleNamespace, t
     kept = {(r["repo_name"], r["path"]): r for r in kept_records(tmp_path / "out")}
     redacted = kept[(recs[7]["repo_name"], recs[7]["path"])]["content"]
     assert "jane.doe@acme-corp.com" not in redacted and "<EMAIL>" in redacted
+
+
+def test_a_failed_finalize_reruns_only_the_stages_without_outputs(
+    tools: SimpleNamespace, tmp_path: Path, dup_corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codeparrot.curate import output
+
+    recs = dup_corpus(seed=8, n=30, n_forks=6)
+    tools.write_records(tmp_path / "in", recs, per_shard=6)
+    cfg = CurateConfig(licenses="any", few_assignments=None)
+    real = output.write_range
+
+    def lost_worker(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("worker lost")
+
+    monkeypatch.setattr(output, "write_range", lost_worker)
+    with pytest.raises(OSError, match="worker lost"):
+        pipeline.curate(tmp_path / "in", tmp_path / "out", cfg, work_dir=tmp_path / "work", workers=1, partitions=3)
+    stage_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("run-*/*.np*")}
+    assert {p.name.split("-")[0].removesuffix(".npy") for p in stage_files} >= {"exact", "identical", "lsh", "near", "rank", "alive"}
+    with pytest.raises(OSError, match="worker lost"):  # a second attempt redoes none of the stages before
+        pipeline.curate(tmp_path / "in", tmp_path / "out", cfg, work_dir=tmp_path / "work", workers=1, partitions=3)
+    assert {p: p.stat().st_mtime_ns for p in stage_files if p.name.startswith(("exact-", "identical-", "lsh-", "near-", "rank"))} == {
+        p: t for p, t in stage_files.items() if p.name.startswith(("exact-", "identical-", "lsh-", "near-", "rank"))
+    }
+    monkeypatch.setattr(output, "write_range", real)
+    again = pipeline.curate(tmp_path / "in", tmp_path / "out", cfg, work_dir=tmp_path / "work", workers=1, partitions=3)
+    fresh = pipeline.curate(tmp_path / "in", tmp_path / "fresh", cfg, workers=1, partitions=3)
+    assert again.content_hash == fresh.content_hash and outputs(tmp_path / "out") == outputs(tmp_path / "fresh")
+    assert not list((tmp_path / "work").glob("run-*"))  # the run folder goes once the curation is done

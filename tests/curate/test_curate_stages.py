@@ -103,7 +103,7 @@ def test_partitioned_dedup_stages_find_what_one_partition_finds(tools: SimpleNam
         removed = np.concatenate([dd.Groups(**dd.load_npz(run.output("exact", p))).removed() for p in range(p_count)])
         alive = np.ones(run.n, dtype=bool)
         alive[removed] = False
-        dd._save_global(run, "alive", alive)
+        dd._save_global(run, "alive-exact", alive)
         info = [dd.identical_partition(run, p) for p in range(p_count)]
         lsh = alive.copy()
         for p in range(p_count):
