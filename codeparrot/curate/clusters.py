@@ -147,10 +147,12 @@ def verify_pairs(
     *,
     threshold: float,
     edges: list[tuple[int, int]] | None = None,
+    on_candidates: Callable[[np.ndarray], None] | None = None,
 ) -> VerifyStats:
     """Union the candidate `pairs` (rows of `ids` and `sig`) whose exact Jaccard reaches the threshold,
     appending each verified edge (as ids) to `edges`. Pairs already connected are skipped: they cannot
-    change the components."""
+    change the components. `on_candidates` is told the pairs left after the signature estimate, before
+    any token set is asked for (so it can read only those)."""
     stats = VerifyStats(candidates=len(pairs))
     if not len(pairs):
         return stats
@@ -158,6 +160,8 @@ def verify_pairs(
     keep = est >= estimate_floor(threshold, sig.shape[1])
     pairs, est = pairs[keep], est[keep]
     stats.after_estimate = len(pairs)
+    if on_candidates is not None:
+        on_candidates(pairs)
     # most similar first: components form early and later pairs inside them are skipped unverified
     order = np.lexsort((pairs[:, 1], pairs[:, 0], -est))
     for a, b in ids[pairs[order]].tolist():

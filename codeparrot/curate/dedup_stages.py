@@ -358,7 +358,9 @@ def lsh_partition(run: Run, p: int) -> tuple[dict[str, np.ndarray], dict[str, in
     pairs = np.searchsorted(needed, pairs)
     pairs = unique_pairs(pairs[_owned(sig, pairs, made_by, d.bands, d.rows)], len(ids))
     edges: list[tuple[int, int]] = []
-    stats = verify_pairs(UnionFind(len(ids)), np.arange(len(ids)), sig, pairs, _LazyTokens(run, ids, pairs), threshold=d.threshold, edges=edges)
+    tokens = _LazyTokens(run, ids)
+    stats = verify_pairs(UnionFind(len(ids)), np.arange(len(ids)), sig, pairs, tokens, threshold=d.threshold, edges=edges,
+                         on_candidates=tokens.expect)  # fmt: skip
     e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     return {"a": ids[e[:, 0]], "b": ids[e[:, 1]]}, {"candidate_pairs": stats.candidates, "after_estimate": stats.after_estimate,
                                                    "verified_pairs": stats.verified, "edges": stats.edges}  # fmt: skip
@@ -379,17 +381,21 @@ def _owned(sig: np.ndarray, pairs: np.ndarray, made_by: np.ndarray, bands: int, 
 
 
 class _LazyTokens:
-    """Token sets by row, read in one pass over the shards the first time one is asked for."""
+    """Token sets by row: those of the pairs left after the signature estimate, read in one pass over the
+    shards the first time one is asked for."""
 
-    def __init__(self, run: Run, ids: np.ndarray, pairs: np.ndarray) -> None:
-        self.run, self.ids, self.pairs = run, ids, pairs
+    def __init__(self, run: Run, ids: np.ndarray) -> None:
+        self.run, self.ids = run, ids
+        self.rows = np.zeros(0, np.int64)
         self.sets: dict[int, np.ndarray] | None = None
+
+    def expect(self, pairs: np.ndarray) -> None:
+        self.rows = np.unique(pairs)
 
     def __call__(self, row: int) -> np.ndarray:
         if self.sets is None:
-            rows = np.unique(self.pairs)
-            by_gid = _token_sets(self.run, self.ids[rows])
-            self.sets = {int(r): by_gid[int(self.ids[r])] for r in rows.tolist()}
+            by_gid = _token_sets(self.run, self.ids[self.rows])
+            self.sets = {int(r): by_gid[int(self.ids[r])] for r in self.rows.tolist()}
         return self.sets[row]
 
 

@@ -189,6 +189,6 @@ class ShardReader:
         offsets = self.array("tok_offsets")
         lo, hi = int(offsets[ids[0]]), int(offsets[ids[-1] + 1])
         span = self.rows("tokens", slice(lo, hi))
-        for i in ids.tolist():
-            out[i] = span[offsets[i] - lo : offsets[i + 1] - lo]
+        for i in ids.tolist():  # copies: a view would keep the whole span (most of the shard's sets) alive
+            out[i] = span[offsets[i] - lo : offsets[i + 1] - lo].copy()
         return out
