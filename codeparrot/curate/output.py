@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,12 +108,30 @@ def _readable_prefix(path: str) -> Iterator[bytes]:
         return
 
 
+_PREFETCHED: dict[tuple[str, str], Future[bytes]] = {}
+
+
+def prefetch(run: Run, threads: int = 1) -> ThreadPoolExecutor:
+    """Start inflating every input shard in background threads of this process, for a writer range that
+    will run here (the local executor's single range): the inflating overlaps the dedup stages, which
+    keep one core busy. The caller shuts the pool down; `forget()` drops what was not used."""
+    pool = ThreadPoolExecutor(max(1, threads))
+    for path, sha in zip(run.inputs, run.hashes, strict=True):
+        _PREFETCHED[(path, sha)] = pool.submit(_inflate_all, path, sha)
+    return pool
+
+
+def forget() -> None:
+    _PREFETCHED.clear()
+
+
 class _InputLines:
     """An input shard inflated once, its non-blank lines numbered as `read_shard_lines` numbers its
     records; `line(k)` is the k-th with its newline (a slice: only the lines asked for are copied)."""
 
     def __init__(self, path: str, sha256: str) -> None:
-        self.data = data = _inflate_all(path, sha256)
+        ahead = _PREFETCHED.pop((path, sha256), None)
+        self.data = data = ahead.result() if ahead is not None else _inflate_all(path, sha256)
         starts, ends = [], []
         pos, find = 0, data.find
         while pos < len(data):  # one C-level search per line: records are lines of several KB

@@ -32,6 +32,7 @@ import math
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,13 +252,29 @@ def _dedup(run: dd.Run, ex: Executor) -> _Dedup:
     return out
 
 
+def _range_bytes(run: dd.Run, kept_bytes: int, memory_mb: int) -> int:
+    """Writer ranges: each holds its lines in memory (plus the list and the compressor's buffers, ~1.5x),
+    so at most 1/8 of the budget and about 1/P of the kept bytes; never less than one output shard."""
+    return max(run.cfg.shard_max_bytes, min(memory_mb * 2**20 // 8, -(-kept_bytes // run.partitions)))
+
+
+def _prefetch(run: dd.Run, ex: Executor, memory_mb: int) -> ThreadPoolExecutor | None:
+    """With the local executor and a corpus that one writer range will hold (whatever dedup removes), the
+    range is written in this process: inflate its input meanwhile, on the cores the dedup stages leave
+    idle (10k files: the write stage's 0.4 s of inflating moves under the dedup stages)."""
+    if not isinstance(ex, LocalExecutor) or ex.workers < 2:
+        return None
+    dd.rank_keys(run)
+    survivors_bytes = int(np.asarray(run.array("line_len")).sum()) if run.n else 0
+    if survivors_bytes > _range_bytes(run, survivors_bytes, memory_mb):
+        return None
+    return output.prefetch(run, threads=ex.workers - 1)
+
+
 def _write(run: dd.Run, ex: Executor, alive: np.ndarray, out_dir: Path, memory_mb: int) -> list[tuple[str, str]]:
     """The kept records as output shards, by writer ranges; each shard's name and sha256, in order."""
-    # Writer ranges: each holds its lines in memory (plus the list and the compressor's buffers, ~1.5x),
-    # so at most 1/8 of the budget and about 1/P of the kept bytes; never less than one output shard.
     kept_bytes = int(np.asarray(run.array("line_len"))[alive].sum()) if run.n else 0
-    range_bytes = max(run.cfg.shard_max_bytes, min(memory_mb * 2**20 // 8, -(-kept_bytes // run.partitions)))
-    plan = output.plan(run, range_bytes)
+    plan = output.plan(run, _range_bytes(run, kept_bytes, memory_mb))
     routed = plan.ranges > 1
     if routed:
         ex.map(functools.partial(output.route_shard, run, plan_=plan), list(range(len(run.shards))), desc="route",
@@ -284,9 +301,15 @@ def _finalize(
     folder.mkdir(parents=True, exist_ok=True)
     run = dd.Run(folder, tuple(s.work for s in summaries), tuple(s.shard for s in summaries), tuple(s.sha256 for s in summaries),
                  tuple(s.survivors for s in summaries), cfg, partitions or partitions_for(n, memory_mb))  # fmt: skip
-    decided = _dedup(run, ex)
-    t1 = time.perf_counter()
-    written = _write(run, ex, decided.alive, out_dir, memory_mb)
+    ahead = _prefetch(run, ex, memory_mb)
+    try:
+        decided = _dedup(run, ex)
+        t1 = time.perf_counter()
+        written = _write(run, ex, decided.alive, out_dir, memory_mb)
+    finally:
+        if ahead is not None:
+            ahead.shutdown(cancel_futures=True)
+            output.forget()
     cluster_files = ex.map(functools.partial(output.cluster_partition, run, exact_files=decided.exact_files, near_file=decided.near_file),
                            list(range(run.partitions)), desc="clusters")  # fmt: skip
     output.merge_clusters(cluster_files, out_dir / CLUSTERS)
