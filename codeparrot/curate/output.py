@@ -73,7 +73,7 @@ def plan(run: Run, range_bytes: int) -> Plan:
     shard_bytes = np.add.reduceat(lengths, bounds[:-1])
     groups, total = [0], 0
     for k, b in enumerate(shard_bytes.tolist()):
-        if total and total + b > range_bytes:
+        if total >= range_bytes:  # a range may pass its size by one shard: fewer ranges, fewer input reads
             groups.append(k)
             total = 0
         total += b
