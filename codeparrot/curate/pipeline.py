@@ -88,10 +88,10 @@ STATS_MD = "stats.md"
 CLUSTERS = "duplicate_clusters.jsonl"
 DECONTAMINATION = "decontamination.jsonl"  # each removed file and the benchmark problems it held
 OUTPUT_STEM = output.OUTPUT_STEM
-#: Memory a partitioned stage may hold per survivor: its band rows (21 x 8-byte hash + ids), pair arrays
-#: and a share of signatures and token sets, measured at ~0.6 KB per file on the benchmark corpus; 1 KB
-#: leaves room for fork-heavy corpora, whose candidate pairs grow faster than the files.
-BYTES_PER_FILE = 1024
+#: Memory of a partitioned stage per survivor it holds: its band rows, candidate pairs, and the signatures
+#: and token sets of the pairs it verifies; measured at ~6 KB on the fork-heavy bench corpus (160k files,
+#: P = 8: ~130 MB per LSH task above the process's own ~70 MB), whose candidate pairs grow with the forks.
+BYTES_PER_FILE = 6 * 1024
 DEFAULT_MEMORY_MB = 2048
 
 
