@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codeparrot.curate.dedup_stages import Run, load_npz
+from codeparrot.curate.dedup_stages import Run, _save_npz, load_npz
 from codeparrot.curate.fastgz import _inflate, _StreamError, write_shard
 from codeparrot.errors import DataError
 
@@ -182,8 +182,7 @@ def route_shard(run: Run, s: int, plan_: Plan) -> None:
     tmp.write_bytes(b"".join(blobs))
     os.replace(tmp, folder / f"{name}.bin")
     lens = np.asarray([len(x) for x in lines], dtype=np.int64)
-    np.savez(folder / f".tmp-{os.getpid()}-{name}.npz", ranks=ranks, lens=lens, cut=cut, offsets=offsets)
-    os.replace(folder / f".tmp-{os.getpid()}-{name}.npz", folder / f"{name}.npz")  # last: the shard is routed
+    _save_npz(folder / f"{name}.npz", ranks=ranks, lens=lens, cut=cut, offsets=offsets)  # last: the shard is routed
 
 
 def _routed(run: Run, s: int, r: int, plan_: Plan) -> tuple[np.ndarray, list[bytes]]:

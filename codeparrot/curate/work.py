@@ -53,11 +53,6 @@ def save(path: Path, array: np.ndarray) -> None:
         np.save(fh, array, allow_pickle=False)
 
 
-def load(path: Path) -> np.ndarray:
-    with open(path, "rb") as fh:
-        return np.load(fh, allow_pickle=False)
-
-
 ARRAYS = "arrays.bin"
 _ALIGN = 64
 
