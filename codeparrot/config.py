@@ -7,13 +7,31 @@ import json
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.fields import FieldInfo
+
+# How the parts of a field name read in a form title (Prefect renders a config as a form).
+TITLE_WORDS = {
+    "lr": "learning rate", "mb": "(MB)", "mib": "(MiB)", "s": "(s)", "url": "URL", "id": "ID", "ip": "IP",
+    "api": "API", "gcp": "GCP", "humaneval": "HumanEval", "dir": "folder", "num": "number of", "frac": "fraction",
+    "coeff": "coefficient", "accum": "accumulation", "seq": "sequence", "ngram": "n-gram", "compresslevel": "gzip level",
+}  # fmt: skip
+
+
+def field_title(name: str, _info: FieldInfo | None = None) -> str:
+    """A readable form title of a field name: `timeout_s` -> "Timeout (s)", `lr` -> "Learning rate"."""
+    words = " ".join(TITLE_WORDS.get(word, word) for word in name.split("_"))
+    return words[:1].upper() + words[1:]
+
+
+#: What every config model shares: frozen, strict, readable titles in the Prefect form.
+CONFIG_MODEL = ConfigDict(frozen=True, extra="forbid", validate_default=True, field_title_generator=field_title)
 
 
 class StageConfig(BaseModel):
     """Frozen pydantic model; `fingerprint()` covers every field that changes a stage's output."""
 
     # inf and NaN are never a meaningful setting (`--lr inf` trained to NaN and reported success).
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
+    model_config = ConfigDict(**CONFIG_MODEL, allow_inf_nan=False)
 
     #: Fields that do not change what the stage produces (cache paths, worker counts, secrets).
     volatile_fields: ClassVar[frozenset[str]] = frozenset()

@@ -41,7 +41,9 @@ CACHE_SETTING = "--cache-dir (or CODEPARROT_HOME)"
 class DownloadConfig(StageConfig):
     """Where shards are cached and how hard to try."""
 
-    cache_dir: Path = Field(default_factory=lambda: home() / "downloads", description="Local cache root.")
+    # Empty by default, resolved where the download runs: a default baked from the deploying machine's home
+    # would send every worker to a folder that is not theirs.
+    cache_dir: Path | None = Field(None, description="Local cache root; empty: CODEPARROT_HOME/downloads on the worker.")
     workers: int = Field(8, ge=1, le=64, description="Parallel downloads (I/O bound: more than cores is fine).")
     attempts: int = Field(3, ge=1, le=10, description="Fetches of one object before a checksum failure is final.")
 
@@ -218,7 +220,7 @@ def download(
 
 def local_dir(cfg: DownloadConfig, bucket: str, prefix: str) -> Path:
     """The cache folder of one export: `<cache_dir>/<bucket>/<prefix>`."""
-    return cfg.cache_dir / bucket / Path(*PurePosixPath(prefix.rstrip("/")).parts)
+    return (cfg.cache_dir or home() / "downloads") / bucket / Path(*PurePosixPath(prefix.rstrip("/")).parts)
 
 
 def completed(folder: Path) -> str | None:

@@ -62,7 +62,7 @@ class PublishConfig(StageConfig):
     valid_fraction: float = Field(
         0.05, gt=0, lt=0.5, description="Share of repositories in validation (by a hash of repo_name)."
     )
-    seed: int = Field(0, description="Salt of the split hash: another seed, another split.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Salt of the split hash: another seed, another split.")
     max_shard_mib: float = Field(256.0, gt=0, description="Parquet shard size before a new shard starts.")
     row_group_rows: int = Field(1000, ge=1, description="Rows per Parquet row group (the unit readers stream).")
     dataset_name: str = Field(

@@ -59,7 +59,7 @@ class TokenizerConfig(StageConfig):
     vocab_size: int = Field(32768, ge=300, le=2**20, description="Vocabulary size (the book: 32,768).")
     min_frequency: int = Field(2, ge=1, description="Pairs seen fewer times are never merged.")
     max_files: int | None = Field(None, ge=1, description="Train on a seeded sample of this many files; None: all.")
-    seed: int = Field(0, description="Seed of the file sample.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the file sample.")
     # The trainer buffers up to 256 items of its iterator ahead, so memory is ~256 * batch_size files.
     batch_size: int = Field(100, ge=1, description="Files per batch fed to the trainer (bounds memory).")
     baseline_vocab_size: int | None = Field(

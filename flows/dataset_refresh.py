@@ -9,10 +9,11 @@ reaches. With `dask_address` set, curation runs as a subflow whose shard tasks g
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import click
 from prefect import flow
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from codeparrot.config import short_hash
 from codeparrot.curate.config import CurateConfig
@@ -23,6 +24,7 @@ from codeparrot.export import ExportConfig
 from codeparrot.publish import PublishConfig
 from codeparrot.services import ensure_services
 from flows._local import local_run
+from flows._params import param
 from tasks.curate import curate_shards, on_dask
 from tasks.download import download_stage
 from tasks.events import DATASET_PUBLISHED, announce
@@ -68,18 +70,18 @@ def curation(
 
 @flow(name="dataset-refresh", description="BigQuery github_repos -> curated dataset published to the Hub target.")
 def dataset_refresh(
-    export: ExportConfig = ExportConfig(),  # noqa: B008 - pydantic defaults render as the UI form
-    download: DownloadConfig = DownloadConfig(),  # noqa: B008
-    curate: CurateConfig = CurateConfig(),  # noqa: B008
-    publish: PublishConfig = PublishConfig(),  # noqa: B008
-    gcp_project: str | None = None,
-    gcp_credentials_block: str | None = None,
-    hub_token_block: str | None = None,
-    dask_address: str | None = None,
-    curate_workers: int = 2,
-    curate_partitions: int | None = None,
-    curate_memory_mb: int = DEFAULT_MEMORY_MB,
-    force_refresh: bool = False,
+    export: ExportConfig = param(ExportConfig(), "Export"),  # noqa: B008 - pydantic defaults render as the UI form
+    download: DownloadConfig = param(DownloadConfig(), "Download"),  # noqa: B008
+    curate: CurateConfig = param(CurateConfig(), "Curation"),  # noqa: B008
+    publish: PublishConfig = param(PublishConfig(), "Publish"),  # noqa: B008
+    gcp_project: str | None = param(None, "GCP project"),
+    gcp_credentials_block: str | None = param(None, "GCP credentials block"),
+    hub_token_block: str | None = param(None, "Hub token block"),
+    dask_address: str | None = param(None, "Dask scheduler"),
+    curate_workers: Annotated[int, Field(ge=1, le=256)] = param(2, "Curation processes"),
+    curate_partitions: Annotated[int | None, Field(ge=1, le=4096)] = param(None, "Dedup partitions"),
+    curate_memory_mb: Annotated[int, Field(ge=256, le=1 << 20)] = param(DEFAULT_MEMORY_MB, "Curation memory per process (MB)"),
+    force_refresh: bool = param(False, "Force refresh"),
 ) -> RefreshResult:
     """Export, download, curate, publish; returns the dataset's hf://datasets/OWNER/NAME@REV URI.
 
@@ -89,13 +91,15 @@ def dataset_refresh(
         curate: License filter, heuristics, exact and near dedup.
         publish: The dataset repo (on the Hub, or its stand-in) and the train/valid split.
         gcp_project: GCP project that runs the jobs; empty: CODEPARROT_GCP_PROJECT or the embedded default.
-        gcp_credentials_block: Prefect Secret block holding a service-account key; empty: the environment.
-        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        gcp_credentials_block: Name of a Prefect Secret block holding a service-account key (never the key
+            itself); empty: the worker's environment (GOOGLE_APPLICATION_CREDENTIALS).
+        hub_token_block: Name of a Prefect Secret block holding a Hub token (never the token itself); empty:
+            the worker's environment (HF_TOKEN).
         dask_address: A Dask scheduler (tcp://host:8786) for the per-shard curation, or "local" for a
             LocalCluster here; empty: threads here.
         curate_workers: Processes for the near-dedup finalize.
-        curate_partitions: Hash-range partitions of the dedup and output stages; empty: from the corpus
-            size and curate_memory_mb. The output is the same for any value.
+        curate_partitions: Hash-range partitions of the dedup and output stages (at most 4,096, the shards'
+            hash slots); empty: from the corpus size and curate_memory_mb. The output is the same for any value.
         curate_memory_mb: Memory budget of one curation worker process, in MB.
         force_refresh: Recompute every stage, ignoring caches.
     """

@@ -31,7 +31,7 @@ from tasks.evaluate import samples_task
 # The seed's interactive check (chapter 10, "Results and Analysis").
 PROMPT = "def area_of_rectangle(a: float, b: float):\n    "
 # A quick HumanEval for the one-command demo; a deployment evaluates all 164 problems x 200 samples.
-DEMO_EVAL = EvalConfig(limit=8, n_samples=4, max_new_tokens=64, max_perplexity_blocks=64)
+DEMO_EVAL = EvalConfig.for_preset("tiny")
 
 
 class EndToEndResult(BaseModel):

@@ -16,6 +16,7 @@ from codeparrot.services import ensure_storage
 from codeparrot.storage import open_store
 from codeparrot.tokens import PretokenizeConfig, read_manifest, token_set_key
 from flows._local import local_run
+from flows._params import param
 from tasks.curate import on_dask
 from tasks.events import TOKENS_PUBLISHED, announce
 from tasks.hub import resolver
@@ -56,20 +57,21 @@ def build_tokens(dataset: str, tokenizer: str, cfg: PretokenizeConfig, hub_token
 
 @flow(name="pretokenize", description="Token shards of a dataset revision with a tokenizer revision, for training.")
 def pretokenize_flow(
-    dataset: str = DEFAULT_DATASET,
-    tokenizer: str = DEFAULT_TOKENIZER,
-    cfg: PretokenizeConfig = PretokenizeConfig(),  # noqa: B008 - the UI form's defaults
-    dask_address: str | None = None,
-    hub_token_block: str | None = None,
+    dataset: str = param(DEFAULT_DATASET, "Dataset"),
+    tokenizer: str = param(DEFAULT_TOKENIZER, "Tokenizer"),
+    cfg: PretokenizeConfig = param(PretokenizeConfig(), "Token sets"),  # noqa: B008 - the UI form's defaults
+    dask_address: str | None = param(None, "Dask scheduler"),
+    hub_token_block: str | None = param(None, "Hub token block"),
 ) -> TokensResult:
     """Tokenize every Parquet shard of `dataset` with `tokenizer` into a token set under `cfg.root`.
 
     Args:
-        dataset: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the head now).
-        tokenizer: The tokenizer, hf://OWNER/NAME[@REV].
-        cfg: Where token sets are stored and how shards are read.
+        dataset: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the newest published revision now).
+        tokenizer: The tokenizer, hf://OWNER/NAME[@REV] (no @REV: the newest published revision now).
+        cfg: Where token sets are stored (a gs:// prefix the pools share, or a folder) and how shards are read.
         dask_address: A Dask scheduler (tcp://host:8786) for the shard tasks, or "local"; empty: threads here.
-        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        hub_token_block: Name of a Prefect Secret block holding a Hub token (never the token itself); empty:
+            the worker's environment (HF_TOKEN).
     """
     with ensure_storage(dataset, tokenizer, cfg.root):
         if dask_address:

@@ -6,6 +6,7 @@ from prefect import flow
 
 from codeparrot.services import ensure_storage
 from codeparrot.tokenizer import TokenizerConfig, TokenizerResult
+from flows._params import param
 from flows.pretokenize import DEFAULT_DATASET
 from tasks.events import TOKENIZER_PUBLISHED, announce
 from tasks.hub import pinned
@@ -14,19 +15,21 @@ from tasks.tokenizer import push_tokenizer_task, tokenizer_stage
 
 @flow(name="tokenizer", description="Byte-level BPE trained on the published train split, evaluated on valid.")
 def tokenizer_flow(
-    data: str = DEFAULT_DATASET,
-    cfg: TokenizerConfig = TokenizerConfig(),  # noqa: B008 - the UI form's defaults
-    push: bool = True,
-    hub_token_block: str | None = None,
-    force_refresh: bool = False,
+    data: str = param(DEFAULT_DATASET, "Dataset"),
+    cfg: TokenizerConfig = param(TokenizerConfig(), "Tokenizer"),  # noqa: B008 - the UI form's defaults
+    push: bool = param(True, "Publish"),
+    hub_token_block: str | None = param(None, "Hub token block"),
+    force_refresh: bool = param(False, "Force refresh"),
 ) -> TokenizerResult:
     """Train the tokenizer on a dataset revision and publish it as `cfg.name`; returns its hf://...@REV URI.
 
     Args:
-        data: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the head now) or a published folder.
+        data: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the newest published revision when the
+            run starts) or a published folder.
         cfg: How the tokenizer is trained and evaluated, and the repo it is published as.
         push: Publish the tokenizer to the Hub target (the stand-in unless the Hub is configured).
-        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        hub_token_block: Name of a Prefect Secret block holding a Hub token (never the token itself); empty:
+            the worker's environment (HF_TOKEN).
         force_refresh: Train again even when a tokenizer of this dataset revision and config exists.
     """
     with ensure_storage(data, hub=push):

@@ -9,15 +9,16 @@ model is published with a model card (lineage and evaluation) to the Hub target.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from codeparrot.evaluate.config import EvalConfig
 from codeparrot.services import ensure_storage
 from codeparrot.tokens import PretokenizeConfig
 from codeparrot.train.config import TrainConfig
+from flows._params import param
 from flows.pretokenize import DEFAULT_DATASET, DEFAULT_TOKENIZER, build_tokens
 from tasks.evaluate import evaluate_model_task
 from tasks.events import MODEL_PUBLISHED, announce
@@ -39,40 +40,45 @@ class TrainingResult(BaseModel):
 
 @flow(name="training", description="GPT-2 from scratch with accelerate; resumes after preemption; evaluated and published.")
 def training(
-    data: str = DEFAULT_DATASET,
-    tokenizer: str = DEFAULT_TOKENIZER,
-    tokens: str | None = None,
-    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen pydantic model, safe as a default
-    pretokenize: PretokenizeConfig = PretokenizeConfig(),  # noqa: B008
-    checkpoint_root: str | None = None,
-    output: str | None = None,
-    output_root: str | None = None,
-    num_processes: int = 1,
-    evaluate: bool = True,
-    eval_config: EvalConfig = EvalConfig(),  # noqa: B008
-    model_repo: str | None = None,
-    hub_token_block: str | None = None,
-    restart: bool = False,
+    data: str = param(DEFAULT_DATASET, "Dataset"),
+    tokenizer: str = param(DEFAULT_TOKENIZER, "Tokenizer"),
+    tokens: str | None = param(None, "Token set"),
+    config: TrainConfig = param(TrainConfig(), "Training"),  # noqa: B008 - frozen pydantic model, safe as a default
+    pretokenize: PretokenizeConfig = param(PretokenizeConfig(), "Token sets"),  # noqa: B008
+    checkpoint_root: str | None = param(None, "Checkpoint store"),
+    num_processes: Annotated[int, Field(ge=1, le=64)] = param(1, "Processes (GPUs)"),
+    evaluate: bool = param(True, "Evaluate"),
+    eval_config: EvalConfig | None = param(None, "Evaluation"),
+    model_repo: str | None = param(None, "Model repo"),
+    hub_token_block: str | None = param(None, "Hub token block"),
+    restart: bool = param(False, "Restart damaged runs"),
+    output: str | None = param(None, "Run folder"),
+    output_root: str | None = param(None, "Run folders' parent"),
 ) -> TrainingResult:
     """Train a GPT-2 on a dataset revision with a tokenizer revision, evaluate it and publish it.
 
     Args:
-        data: The dataset, hf://datasets/OWNER/NAME[@REV] (no @REV: the head when the run starts).
-        tokenizer: The tokenizer, hf://OWNER/NAME[@REV].
+        data: The dataset, hf://datasets/OWNER/NAME[@REV]; without @REV the newest published revision when
+            the run starts (the refresh run's "dataset" artifact shows the exact value to paste).
+        tokenizer: The tokenizer, hf://OWNER/NAME[@REV]; without @REV the newest published (see the tokenizer
+            run's "tokenizer" artifact).
         tokens: A token set built by pretokenize (gs://...); empty: found or built under pretokenize.root.
-        config: The training run: model preset, batch arithmetic, schedule, checkpoint cadence.
+        config: The training run: model preset, batch arithmetic, schedule, checkpoint cadence. Fields left
+            empty take the preset's values, so changing the preset brings its own context, warmup and lr.
         pretokenize: Where token sets live (and are built when `tokens` is empty).
         checkpoint_root: gs://BUCKET/PREFIX for checkpoints that outlive the machine (one folder per run
             hash); empty: the run folder's checkpoints/ on this machine.
-        output: The run folder on this machine; empty: CODEPARROT_HOME/runs/<run hash>.
-        output_root: Parent of the derived run folder when `output` is empty.
         num_processes: Training processes (GPUs) on this machine.
         evaluate: Measure perplexity and HumanEval (per eval_config) before publishing.
-        eval_config: What evaluation runs and how.
+        eval_config: What evaluation runs and how; empty: by the preset, the book's HumanEval (164 problems
+            x 200 samples) for small and large, 8 problems x 4 samples for tiny.
         model_repo: owner/name the model is published as; empty: codeparrot/codeparrot-<preset>.
-        hub_token_block: Prefect Secret block holding a Hub token; empty: the worker's environment.
+        hub_token_block: Name of a Prefect Secret block holding a Hub token (never the token itself);
+            empty: the worker's environment (HF_TOKEN).
         restart: When checkpoints exist but none can be resumed (damaged), move them aside and start
             over from step 0; a valid checkpoint is still resumed.
+        output: The run folder on the worker; empty: CODEPARROT_HOME/runs/<run hash> there.
+        output_root: Parent of the derived run folder when `output` is empty (a folder on the worker).
     """
     with ensure_storage(data, tokenizer, tokens, checkpoint_root, pretokenize.root, hub=True):
         data, tokenizer = pinned(data, hub_token_block), pinned(tokenizer, hub_token_block)
@@ -83,6 +89,7 @@ def training(
             checkpoint_root=checkpoint_root, num_processes=num_processes, hub_token_block=hub_token_block,
             restart=restart,
         )  # fmt: skip
+        eval_config = eval_config or EvalConfig.for_preset(config.preset)
         evaluation = evaluate_model_task(model_dir, tokens, eval_config, hub_token_block) if evaluate else None
         repo = model_repo or f"codeparrot/codeparrot-{config.preset}"
         pushed = publish_model_task(model_dir, repo, evaluation, hub_token_block)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from codeparrot.config import StageConfig
+from codeparrot.config import CONFIG_MODEL, StageConfig
 from codeparrot.errors import ConfigError
 
 PresetName = Literal["tiny", "small", "large"]
@@ -26,7 +26,26 @@ PRESET_SHAPES: dict[str, dict[str, int]] = {
     "large": {"n_layer": 48, "n_head": 25, "n_embd": 1600, "n_positions": 1024},
 }
 
-PRESET_LR: dict[str, float] = {"tiny": 4e-3, "small": 5e-4, "large": 2e-4}
+# What a preset brings besides its shape: the run it was tuned for. A field left empty in the config (or
+# the Prefect form) takes the chosen preset's value, so changing the preset never leaves another preset's
+# context, warmup or learning rate behind.
+# - tiny: 400 steps at 4e-3 bring validation loss on the embedded dataset (32,768 vocab, validation = other
+#   repositories) from 10.43 to 6.96, 67 % of step 0 (300 steps: 68 %, 120 steps: 73 %; 2e-3 and 3e-3 do
+#   worse); 400 steps take 2.5-4 minutes on 2 cores.
+# - small: CodeParrot-small in the book (chapter 10): 12 sequences of 1024 tokens on each of 16 GPUs, lr 5e-4,
+#   2000 warmup steps, 150k steps; on one process 16 accumulation steps keep its 192-sequence step.
+# - large: codeparrot (1.5B) in the book: 2 sequences per GPU x 16 accumulation steps, lr 2e-4, 750 warmup
+#   steps, 50k steps.
+PRESET_RECIPES: dict[str, dict[str, int | float]] = {
+    "tiny": {"batch_size": 8, "grad_accum": 1, "max_steps": 400, "warmup_steps": 20, "lr": 4e-3, "save_every": 50, "eval_every": 100},
+    "small": {"batch_size": 12, "grad_accum": 16, "max_steps": 150_000, "warmup_steps": 2000, "lr": 5e-4, "save_every": 500, "eval_every": 2500},
+    "large": {"batch_size": 2, "grad_accum": 16, "max_steps": 50_000, "warmup_steps": 750, "lr": 2e-4, "save_every": 500, "eval_every": 2500},
+}  # fmt: skip
+
+
+def _by_preset(field: str) -> str:
+    return ", ".join(f"{name} {recipe[field]:g}" for name, recipe in PRESET_RECIPES.items())
+
 
 GCE_PREEMPTED_URL = "http://metadata.google.internal/computeMetadata/v1/instance/preempted"
 
@@ -34,17 +53,17 @@ GCE_PREEMPTED_URL = "http://metadata.google.internal/computeMetadata/v1/instance
 class ModelOverrides(BaseModel):
     """Per-field overrides of the preset's GPT2Config; unset fields keep the preset's value."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = CONFIG_MODEL
 
-    n_layer: int | None = Field(None, ge=1, description="Transformer blocks.")
-    n_head: int | None = Field(None, ge=1, description="Attention heads; must divide n_embd.")
-    n_embd: int | None = Field(None, ge=8, description="Hidden width.")
-    n_inner: int | None = Field(None, ge=8, description="MLP width (default 4 * n_embd).")
-    n_positions: int | None = Field(None, ge=8, description="Longest context the model accepts.")
+    n_layer: int | None = Field(None, ge=1, title="Layers", description="Transformer blocks.")
+    n_head: int | None = Field(None, ge=1, title="Attention heads", description="Attention heads; must divide n_embd.")
+    n_embd: int | None = Field(None, ge=8, title="Hidden width", description="Hidden width (n_embd).")
+    n_inner: int | None = Field(None, ge=8, title="MLP width", description="MLP width (default 4 * n_embd).")
+    n_positions: int | None = Field(None, ge=8, title="Context", description="Longest context the model accepts (n_positions).")
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Residual, embedding and attention dropout (GPT-2 uses 0.1)."
     )
-    initializer_range: float | None = Field(None, gt=0.0, description="Std of the normal weight init.")
+    initializer_range: float | None = Field(None, gt=0.0, le=1.0, description="Std of the normal weight init.")
     activation_function: Literal["gelu_new", "gelu", "relu", "gelu_pytorch_tanh"] | None = Field(
         None, description="MLP activation."
     )
@@ -73,36 +92,50 @@ class TrainConfig(StageConfig):
     )
 
     # --- model
-    preset: PresetName = Field("tiny", description="Model shape: tiny (CPU tests), small (124M), large (1.5B).")
-    model: ModelOverrides = Field(default_factory=ModelOverrides, description="Overrides of preset fields.")
+    preset: PresetName = Field(
+        "tiny",
+        description="Model shape and the run it was tuned for: tiny (CPU tests, minutes), small (124M, the book's "
+        "CodeParrot-small), large (1.5B). Empty fields below take the preset's values.",
+    )
     seq_length: int | None = Field(
         None, ge=8, description="Tokens per training sequence; default the model's context (n_positions)."
     )
     # --- batch arithmetic: tokens per optimizer step = processes * batch_size * grad_accum * seq_length
-    batch_size: int = Field(8, ge=1, description="Sequences per process per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
-    # The tiny default: 400 steps at 4e-3 bring validation loss on the embedded dataset (32,768 vocab,
-    # validation = other repositories) from 10.43 to 6.96, 67 % of step 0; 300 steps reach 68 % and 120
-    # steps 73 %. 400 steps take 2.5-4 minutes on 2 cores.
-    max_steps: int = Field(400, ge=1, description="Optimizer steps of the whole run.")
-    # --- optimizer and schedule. Unset, the peak lr is the preset's: CodeParrot used 5e-4 (small) and
-    # 2e-4 (large); the tiny model trains best at 4e-3 (measured against 2e-3 and 3e-3 above).
-    lr: float | None = Field(None, gt=0.0, description="Peak learning rate after warmup (default: the preset's).")
+    # Empty: the preset's (PRESET_RECIPES); after validation these hold the values the run uses.
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description=f"Sequences per process per micro-batch; empty: the preset's ({_by_preset('batch_size')})."
+    )
+    grad_accum: int | None = Field(
+        None, ge=1, le=4096, title="Gradient accumulation",
+        description=f"Micro-batches accumulated into one optimizer step; empty: the preset's ({_by_preset('grad_accum')}).",
+    )  # fmt: skip
+    max_steps: int | None = Field(
+        None, ge=1, description=f"Optimizer steps of the whole run; empty: the preset's ({_by_preset('max_steps')})."
+    )
+    # --- optimizer and schedule
+    lr: float | None = Field(
+        None, gt=0.0, le=1.0, title="Learning rate",
+        description=f"Peak learning rate after warmup; empty: the preset's ({_by_preset('lr')}).",
+    )  # fmt: skip
     min_lr_ratio: float = Field(
         0.1, ge=0.0, le=1.0, description="Cosine floor as a fraction of lr (~lr/10 per Chinchilla)."
     )
-    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps before the cosine decay.")
-    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decay of weights (not biases, LayerNorms).")
+    warmup_steps: int | None = Field(
+        None, ge=0,
+        description=f"Linear warmup steps before the cosine decay; empty: the preset's ({_by_preset('warmup_steps')}), "
+        "at most a tenth of max_steps.",
+    )  # fmt: skip
+    weight_decay: float = Field(0.1, ge=0.0, le=1.0, description="AdamW decay of weights (not biases, LayerNorms).")
     adam_beta1: float = Field(0.9, gt=0.0, lt=1.0, description="AdamW beta1.")
     # 0.95 as GPT-3 and nanoGPT: steadier than 0.999 at large batch and short runs.
     adam_beta2: float = Field(0.95, gt=0.0, lt=1.0, description="AdamW beta2.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6, title="Gradient clipping norm", description="Gradient clipping norm.")
     # 0: a blow-up stops the run at once. Large-scale trainers skip a few bad batches instead (PaLM skipped
     # ~200-500 batches around each loss spike); a cap keeps a truly diverged run from burning its budget.
     max_skipped_steps: int = Field(
-        0, ge=0, description="Updates with a non-finite loss or gradient norm skipped before the run stops as diverged."
+        0, ge=0, le=100_000, description="Updates with a non-finite loss or gradient norm skipped before the run stops as diverged."
     )
-    seed: int = Field(1, ge=0, description="Seeds weights, dropout and the data order.")
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="Seeds weights, dropout and the data order.")
     # --- performance
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, else fp32."
@@ -110,14 +143,22 @@ class TrainConfig(StageConfig):
     compile: bool = Field(False, description="torch.compile the model (GPU runs).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     # --- volatile: cadence and locations
-    save_every: int = Field(50, ge=1, description="Checkpoint every N optimizer steps.")
-    save_every_minutes: float | None = Field(
-        30.0, gt=0.0, description="Also checkpoint when this many minutes passed since the last one."
+    save_every: int | None = Field(
+        None, ge=1, description=f"Checkpoint every N optimizer steps; empty: the preset's ({_by_preset('save_every')})."
     )
-    keep_last: int = Field(2, description="Committed checkpoints kept (>= 2).")
-    eval_every: int = Field(100, ge=1, description="Validation loss every N steps (and at the end).")
-    eval_sequences: int = Field(64, ge=1, description="Validation sequences per evaluation (at most).")
-    log_every: int = Field(10, ge=1, description="Train metrics every N steps.")
+    # 15 minutes: a preemption without notice (node loss) costs minutes of work, not hours.
+    save_every_minutes: float | None = Field(
+        15.0, gt=0.0, le=24 * 60, description="Also checkpoint when this many minutes passed since the last one; empty: by steps only."
+    )
+    # Two: the newest checkpoint may be damaged (killed mid-write elsewhere), so one before it is kept.
+    keep_last: int = Field(  # the bound in the schema; the validator below says why
+        2, le=1000, json_schema_extra={"minimum": 2}, description="Committed checkpoints kept (at least 2)."
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description=f"Validation loss every N steps (and at the end); empty: the preset's ({_by_preset('eval_every')})."
+    )
+    eval_sequences: int = Field(64, ge=1, le=100_000, description="Validation sequences per evaluation (at most).")
+    log_every: int = Field(10, ge=1, le=100_000, description="Train metrics every N steps.")
     checkpoint_dir: str | None = Field(
         None, description="Local folder or gs://bucket/prefix for checkpoints; default OUTPUT/checkpoints."
     )
@@ -128,7 +169,24 @@ class TrainConfig(StageConfig):
     preemption_url: str | None = Field(
         None, description=f"Poll this URL for TRUE as a preemption notice (GCE: {GCE_PREEMPTED_URL})."
     )
-    preemption_poll_seconds: float = Field(5.0, gt=0.0, description="Seconds between preemption polls.")
+    preemption_poll_seconds: float = Field(5.0, gt=0.0, le=3600, description="Seconds between preemption polls.")
+    # --- last in the form: rarely changed
+    model: ModelOverrides = Field(
+        default_factory=ModelOverrides, title="Advanced: model overrides",
+        description="Per-field overrides of the preset's GPT-2 shape; empty fields keep the preset's.",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_recipe(cls, data: object) -> object:
+        """Empty recipe fields take the chosen preset's values; the warmup at most a tenth of the run."""
+        if not isinstance(data, dict) or data.get("preset", "tiny") not in PRESET_RECIPES:
+            return data  # not a mapping, or an unknown preset: the field validators say what is wrong
+        recipe = PRESET_RECIPES[data.get("preset", "tiny")]
+        filled = {**data, **{k: v for k, v in recipe.items() if data.get(k) is None and k != "warmup_steps"}}
+        if data.get("warmup_steps") is None and isinstance(filled["max_steps"], int):
+            filled["warmup_steps"] = min(int(recipe["warmup_steps"]), filled["max_steps"] // 10)
+        return filled
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -156,7 +214,7 @@ class TrainConfig(StageConfig):
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else PRESET_LR[self.preset]
+        return float(self.lr if self.lr is not None else PRESET_RECIPES[self.preset]["lr"])
 
     def model_shape(self) -> dict[str, int]:
         """The preset's shape with overrides applied (n_layer, n_head, n_embd, n_positions)."""
