@@ -43,7 +43,7 @@ class PretokenizeConfig(StageConfig):
 
     root: str = Field(
         "gs://codeparrot-artifacts/tokens",
-        description="gs://BUCKET/PREFIX or a local folder; each token set goes under <dataset>-<tokenizer>/.",
+        description="gs://BUCKET/PREFIX or a local folder; each token set goes under DATASET-TOKENIZER/ (their identities).",
     )
     # encode_batch over 256 files at a time keeps memory at a few MB per thread.
     batch_size: int = Field(256, ge=1, description="Files tokenized per batch.")

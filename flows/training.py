@@ -72,12 +72,12 @@ def training(
         evaluate: Measure perplexity and HumanEval (per eval_config) before publishing.
         eval_config: What evaluation runs and how; empty: by the preset, the book's HumanEval (164 problems
             x 200 samples) for small and large, 8 problems x 4 samples for tiny.
-        model_repo: owner/name the model is published as; empty: codeparrot/codeparrot-<preset>.
+        model_repo: owner/name the model is published as; empty: codeparrot/codeparrot-PRESET (the preset).
         hub_token_block: Name of a Prefect Secret block holding a Hub token (never the token itself);
             empty: the worker's environment (HF_TOKEN).
         restart: When checkpoints exist but none can be resumed (damaged), move them aside and start
             over from step 0; a valid checkpoint is still resumed.
-        output: The run folder on the worker; empty: CODEPARROT_HOME/runs/<run hash> there.
+        output: The run folder on the worker; empty: CODEPARROT_HOME/runs/RUN_HASH there.
         output_root: Parent of the derived run folder when `output` is empty (a folder on the worker).
     """
     with ensure_storage(data, tokenizer, tokens, checkpoint_root, pretokenize.root, hub=True):

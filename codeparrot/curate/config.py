@@ -123,7 +123,7 @@ class CurateConfig(StageConfig):
         default_factory=DedupConfig, title="Near-dedup settings",
         description="MinHash LSH near-deduplication: Jaccard threshold, shingles, permutations, bands and rows.",
     )  # fmt: skip
-    write_dropped: bool = Field(False, description="Also write dropped records to dropped/<reason>/.")
+    write_dropped: bool = Field(False, description="Also write dropped records to dropped/REASON/ (one folder per reason).")
     shard_max_records: int = Field(10_000, ge=1, description="Records per output shard at most.")
     # 64 MiB of JSON per shard: a few shards per GB, which the writer threads compress in parallel
     shard_max_bytes: int = Field(64 * 2**20, ge=1, description="Uncompressed bytes per output shard at most.")

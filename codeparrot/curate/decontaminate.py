@@ -102,7 +102,7 @@ _UNIT_DELETE = b" \t\r\x0b\x0c"
 class BenchmarkFile(StageConfig):
     """A benchmark from a JSONL file: one problem a line, `{"id": ..., "text": ...}`."""
 
-    name: str = Field(description="Benchmark name, in the drop reason `decontaminated:<name>` and the problem ids.")
+    name: str = Field(description="Benchmark name, in the drop reason `decontaminated:NAME` and the problem ids.")
     path: Path = Field(description="JSONL (or .jsonl.gz) file; `id` optional (default: the line number).")
     text_field: str = Field("text", description="Field holding each problem's text.")
     id_field: str = Field("id", description="Field holding each problem's id.")

@@ -83,11 +83,11 @@ _PRIORITY = {IP_ADDRESS: 0, EMAIL: 1, PASSWORD: 2, KEY: 3}
 class RedactionConfig(StageConfig):
     """Which kinds of secrets and personal data are replaced by placeholders."""
 
-    emails: bool = Field(True, description="Replace e-mail addresses by <EMAIL> (example domains kept).")
-    ip_addresses: bool = Field(True, description="Replace global IP addresses by <IP_ADDRESS> (private, loopback, docs kept).")
+    emails: bool = Field(True, description="Replace e-mail addresses by `<EMAIL>` (example domains kept).")
+    ip_addresses: bool = Field(True, description="Replace global IP addresses by `<IP_ADDRESS>` (private, loopback, docs kept).")
     # not `keys`: Prefect resolves flow parameters as collections, and a `keys` attribute reads as a mapping
-    api_keys: bool = Field(True, description="Replace API keys, tokens and private key blocks by <KEY> (detect-secrets).")
-    passwords: bool = Field(True, description="Replace passwords in obvious assignments and URLs by <PASSWORD>.")
+    api_keys: bool = Field(True, description="Replace API keys, tokens and private key blocks by `<KEY>` (detect-secrets).")
+    passwords: bool = Field(True, description="Replace passwords in obvious assignments and URLs by `<PASSWORD>`.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,9 @@ def test_every_property_has_a_readable_title_and_a_description(deployment: str) 
     undescribed = [path for path, p in props if not (p.get("description") or "").strip()]
     assert not untitled, f"{deployment}: no readable title: {untitled}"
     assert not undescribed, f"{deployment}: no description: {undescribed}"
+    # The UI renders descriptions as markdown: a bare <reason> is read as an HTML tag and vanishes.
+    tags = [path for path, p in props if re.search(r"<[A-Za-z][^>]*>", re.sub(r"`[^`]*`", "", p.get("description", "")))]
+    assert not tags, f"{deployment}: descriptions with a bare <tag>: {tags}"
 
 
 @pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
