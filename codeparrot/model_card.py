@@ -16,6 +16,7 @@ from typing import Any
 
 from codeparrot.artifacts import ArtifactRef
 from codeparrot.errors import DataError
+from codeparrot.evaluate.passk import BOOK_PASS_AT_K
 from codeparrot.hub import Hub, PushResult, staging_folder
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,6 @@ SUMMARY_FILE = "train_summary.json"  # written by codeparrot.train.loop beside t
 CARD_FILE = "README.md"
 # Left out of the pushed folder: the run's completion marker means nothing outside its run folder.
 NOT_PUSHED = ("COMPLETE",)
-# The book's HumanEval pass@k of the CodeParrot models (chapter 10), for scale next to ours.
-BOOK_PASS_AT_K = {"codeparrot-small (110M)": {"pass@1": 0.0380, "pass@10": 0.0657, "pass@100": 0.1287},
-                  "codeparrot (1.5B)": {"pass@1": 0.0399, "pass@10": 0.0864, "pass@100": 0.1740}}  # fmt: skip
 
 
 def read_summary(model_dir: str | Path) -> dict[str, Any]:
@@ -125,7 +123,7 @@ def render(repo: str, summary: dict[str, Any], evaluation: dict[str, Any] | None
         if any(k.startswith("pass@") for k in evaluation):
             problems, samples = evaluation.get("humaneval_problems"), evaluation.get("humaneval_samples")
             body += ["", f"HumanEval on {problems} problems x {samples} samples. The book's figures for scale:", ""]
-            body += [f"- {model}: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in ks.items()) for model, ks in BOOK_PASS_AT_K.items()]
+            body += [f"- {model}: " + ", ".join(f"{k} {v:.2f}%" for k, v in ks.items()) for model, ks in BOOK_PASS_AT_K.items()]
     else:
         body.append("Not evaluated.")
     body += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

@@ -23,7 +23,7 @@ from flows.pretokenize import DEFAULT_DATASET, DEFAULT_TOKENIZER, build_tokens
 from tasks.evaluate import evaluate_model_task
 from tasks.events import MODEL_PUBLISHED, announce
 from tasks.hub import pinned
-from tasks.train import publish_model_task, train_model
+from tasks.train import publish_model_task, summary_task, train_model
 
 
 class TrainingResult(BaseModel):
@@ -95,6 +95,7 @@ def training(
         pushed = publish_model_task(model_dir, repo, evaluation, hub_token_block)
         announce(MODEL_PUBLISHED, f"codeparrot.model.{repo}",
                  {"model": pushed.uri, "dataset": data, "tokenizer": tokenizer, "tokens": tokens}, new=not pushed.skipped)  # fmt: skip
+        summary_task(model_dir, pushed.uri, evaluation)
     from codeparrot.model_card import read_summary
 
     return TrainingResult(model=pushed.uri, model_dir=model_dir, dataset=data, tokenizer=tokenizer, tokens=tokens,

@@ -128,5 +128,5 @@ def samples_task(model_dir: PathArg, prompt: str, n: int = 3, max_new_tokens: in
     model, tokenizer = load_model(model_dir)
     completions = complete(model, tokenizer, prompt, n=n, max_new_tokens=max_new_tokens, seed=seed)
     body = "\n\n".join(f"```python\n{prompt}{c}\n```" for c in completions)
-    create_markdown_artifact(f"## Completions of `{prompt}`\n\n{body}", key="sample-completions")
+    create_markdown_artifact(f"## Completions of `{prompt}`\n\n{body}", key="sample-completions", description=f"{n} sampled completions of the book's prompt by {model_dir}")
     return completions

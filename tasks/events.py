@@ -10,6 +10,7 @@ does not retrain a model.
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks._common import explained
@@ -18,6 +19,14 @@ DATASET_PUBLISHED = "codeparrot.dataset.published"
 TOKENIZER_PUBLISHED = "codeparrot.tokenizer.published"
 TOKENS_PUBLISHED = "codeparrot.tokens.published"
 MODEL_PUBLISHED = "codeparrot.model.published"
+
+# Where each announced reference goes in a run form (the value a person pastes).
+PASTE_INTO = {
+    "dataset": "`data` of a training or tokenizer run, `dataset` of a pretokenize run",
+    "tokenizer": "`tokenizer` of a training or pretokenize run",
+    "tokens": "`tokens` of a training run (skips pre-tokenization)",
+    "model": "the model to evaluate or fetch (`hf://OWNER/NAME@REV`)",
+}
 
 
 @task(name="announce", cache_policy=NO_CACHE)
@@ -32,3 +41,17 @@ def announce(event: str, resource: str, payload: dict[str, str], *, new: bool) -
         "codeparrot.new": "true" if new else "false",
     }
     emit_event(event=event, resource=labels, payload=payload)
+    what = event.split(".")[1]
+    create_markdown_artifact(
+        references_markdown(what, payload, new=new), key=f"{what}-reference",
+        description=f"The exact {what} reference this run {'published' if new else 'found unchanged'}: the value to paste into a run form",
+    )  # fmt: skip
+
+
+def references_markdown(what: str, payload: dict[str, str], *, new: bool) -> str:
+    """Each reference in a code block (one click selects it) with the form field it goes in."""
+    said = "published" if new else "unchanged: the newest published revision is still"
+    lines = [f"## {what.capitalize()} {said}", ""]
+    for key, value in payload.items():
+        lines += [f"**{key}**, for {PASTE_INTO.get(key, 'the next stage')}:", "", "```", value, "```", ""]
+    return "\n".join(lines)

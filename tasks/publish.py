@@ -41,9 +41,16 @@ def publish_task(curated: CurateResult, cfg: PublishConfig, prov: dict[str, Any]
     result = publish(curated.out_dir, cfg, hub=resolver(hub_token_block).hub, provenance=prov)
     logger = get_run_logger()
     logger.info("%s %s", "unchanged" if result.skipped else "published", result.uri)
-    create_link_artifact(key="dataset", link=result.url, link_text=result.uri)
-    create_markdown_artifact(key="dataset-card", markdown=result.card)
+    create_link_artifact(key="dataset", link=result.url, link_text=result.uri, description="Where the published dataset revision is stored")
+    create_markdown_artifact(key="dataset-card", markdown=card_body(result.card), description=f"The dataset card of {result.uri} (its YAML metadata is in the repo's README.md)")
     return result
+
+
+def card_body(card: str) -> str:
+    """A card without its YAML front matter, which a markdown renderer would show as dozens of headings."""
+    if card.startswith("---\n") and (end := card.find("\n---\n", 4)) != -1:
+        return card[end + 5 :].lstrip("\n")
+    return card
 
 
 @task(name="refresh-report", cache_policy=content_cache("refresh-report", PUBLISH_VERSION), persist_result=True)

@@ -29,7 +29,7 @@ def tokenizer_task(dataset: str, cfg: TokenizerConfig, hub_token_block: str | No
     result = train_tokenizer(data.path, out, cfg, dataset=str(data.ref), dataset_identity=data.identity, progress=False)
     report = (Path(result.path) / "eval.md").read_text()
     get_run_logger().info("tokenizer %s: %.3f chars/token on valid", result.path, result.chars_per_token)
-    create_markdown_artifact(key="tokenizer-eval", markdown=f"## Tokenizer evaluation\n\n{report}", description=result.path)
+    create_markdown_artifact(key="tokenizer-eval", markdown=f"## Tokenizer evaluation\n\n{report}", description=f"Chars per token, round trips and keyword coverage of the tokenizer in {result.path}")
     return result
 
 

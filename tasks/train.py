@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
+    create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 
 from codeparrot.hub import PushResult
-from codeparrot.model_card import publish_model
+from codeparrot.evaluate.passk import BOOK_PASS_AT_K
+from codeparrot.model_card import publish_model, read_summary
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.errors import Preempted, TrainingFailed
 from codeparrot.train.identity import checkpoint_uri, default_run_dir
+from codeparrot.train import report
 from codeparrot.train.launch import (
     MetricsTail,
     accelerate_command,
@@ -41,7 +44,9 @@ METRICS_FILE = "metrics.jsonl"  # codeparrot.train.loop.METRICS_FILE, without im
 # run that keeps being preempted.
 TRAIN_RETRIES = 5
 TRAIN_RETRY_DELAY_S = 2
-LOSS_CURVE_ROWS = 100
+# The chart is redrawn at each validation and at most this often between them: each redraw is a new
+# artifact version stored by the API, and a minute is as fresh as a person watching needs.
+CHART_EVERY_S = 60.0
 
 
 def retry_if_preempted(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -98,15 +103,18 @@ def train_model(
     # The trainer resolves the references itself; a token from a Secret block reaches it like HF_TOKEN would.
     token = hub_token(hub_token_block) if hub_token_block else None
     env = trainer_environment({"HF_TOKEN": token} if token else None)
-    progress = create_progress_artifact(0.0, description=f"training {out}")
+    progress = create_progress_artifact(0.0, key="training-progress", description=f"Optimizer steps done of {config.max_steps} ({out})")
+    chart = Chart(out / METRICS_FILE, f"Training {config.preset}: {out.name}", config.max_steps)
 
     def on_event(event: dict[str, Any]) -> None:
         kind, step = event.get("event"), event.get("step")
         if kind == "train":
             logger.info("step %s loss %.4f lr %.3g %s tok/s", step, event["loss"], event["lr"], event["tokens_per_s"])
             update_progress_artifact(progress, 100.0 * step / config.max_steps)
+            chart.maybe_draw()
         elif kind == "eval":
             logger.info("step %s validation loss %.4f perplexity %.2f", step, event["val_loss"], event["perplexity"])
+            chart.draw()
         elif kind in ("skipped", "diverged"):
             logger.warning("%s at step %s: %s", kind, step, event.get("reason"))
         elif kind in ("start", "checkpoint", "preempted", "completed"):
@@ -124,7 +132,7 @@ def train_model(
         forward_signals=(signal.SIGINT,),
         env=env,
     )
-    create_table_artifact(loss_curve(out / METRICS_FILE), key="training-loss-curve", description=f"loss curve of {out}")
+    chart.draw()
     if outcome.completed and outcome.final:
         update_progress_artifact(progress, 100.0)
         return outcome.final
@@ -138,24 +146,26 @@ def train_model(
     raise TrainingFailed(f"{headline}\nlast lines of {out / 'logs' / 'train.log'}:\n{outcome.log_tail}")
 
 
-def loss_curve(metrics_path: Path, max_rows: int = LOSS_CURVE_ROWS) -> list[dict[str, Any]]:
-    """Train and validation loss by step (the latest record of a step wins after a resume)."""
-    tail = MetricsTail(metrics_path)
-    tail.offset = 0
-    rows: dict[int, dict[str, Any]] = {}
-    for event in tail.read():
-        step = event.get("step")
-        if event.get("event") == "train":
-            rows.setdefault(step, {"step": step, "loss": None, "val_loss": None, "lr": None})
-            rows[step].update(loss=round(event["loss"], 4), lr=f"{event['lr']:.3g}")
-        elif event.get("event") == "eval":
-            rows.setdefault(step, {"step": step, "loss": None, "val_loss": None, "lr": None})
-            rows[step]["val_loss"] = round(event["val_loss"], 4)
-    ordered = [rows[s] for s in sorted(rows)]
-    if len(ordered) > max_rows:
-        stride = -(-len(ordered) // max_rows)
-        ordered = [*ordered[::stride][: max_rows - 1], ordered[-1]]
-    return ordered
+class Chart:
+    """The run's loss/validation/lr chart as a markdown artifact, redrawn from the whole metrics file."""
+
+    def __init__(self, metrics: Path, title: str, max_steps: int | None) -> None:
+        self.metrics, self.title, self.max_steps = metrics, title, max_steps
+        self.drawn = 0.0
+
+    def maybe_draw(self) -> None:
+        if time.monotonic() - self.drawn >= CHART_EVERY_S:
+            self.draw()
+
+    def draw(self) -> None:
+        tail = MetricsTail(self.metrics)
+        tail.offset = 0
+        points = report.curve(tail.read())
+        create_markdown_artifact(
+            report.chart_markdown(points, self.title, self.max_steps), key="training-chart",
+            description="Train and validation loss and the learning rate by step, redrawn as the run goes",
+        )  # fmt: skip
+        self.drawn = time.monotonic()
 
 
 @task(name="publish-model", cache_policy=NO_CACHE, **{k: v for k, v in io_task_options().items() if k != "persist_result"})
@@ -166,3 +176,12 @@ def publish_model_task(model_dir: str, repo: str, evaluation: dict[str, Any] | N
     get_run_logger().info("model published: %s", pushed.uri)
     create_link_artifact(key="model", link=pushed.url, link_text=pushed.uri, description="The published model")
     return pushed
+
+
+@task(name="training-summary", cache_policy=NO_CACHE)
+@explained
+def summary_task(model_dir: str, model: str | None, evaluation: dict[str, Any] | None) -> str:
+    """The run summary artifact: model URI, final validation loss and perplexity, tokens, resumes, HumanEval."""
+    markdown = report.summary_markdown(model=model, summary=read_summary(model_dir), evaluation=evaluation, references=BOOK_PASS_AT_K)
+    create_markdown_artifact(markdown, key="training-summary", description=f"What the training run produced and reached ({model or model_dir})")
+    return markdown

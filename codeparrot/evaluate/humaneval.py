@@ -31,18 +31,13 @@ from tqdm.auto import tqdm
 from codeparrot.config import short_hash
 from codeparrot.errors import DataError
 from codeparrot.evaluate.config import EvalConfig
-from codeparrot.evaluate.passk import DEFAULT_KS, mean_pass_at_k
+from codeparrot.evaluate.passk import BOOK_PASS_AT_K, DEFAULT_KS, mean_pass_at_k
 from codeparrot.evaluate.sandbox import ExecResult, Sandbox
 
 log = logging.getLogger(__name__)
 
 VERSION = "1"  # bump when prompt building, cutting or scoring changes: it keys the output folder
-# pass@k in percent from the CodeParrot README (transformers examples/research_projects/codeparrot),
-# 200 samples per problem, the same numbers as chapter 10 of the book.
-REFERENCES: dict[str, dict[str, float]] = {
-    "codeparrot-small (110M), reference": {"pass@1": 3.80, "pass@10": 6.57, "pass@100": 12.78},
-    "codeparrot (1.5B), reference": {"pass@1": 3.99, "pass@10": 8.69, "pass@100": 17.88},
-}
+REFERENCES = BOOK_PASS_AT_K
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
 TABLE = "results.md"

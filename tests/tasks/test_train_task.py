@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from prefect import flow
@@ -70,12 +73,17 @@ def test_task_trains_into_the_hashed_run_dir_and_reports_artifacts(prefect_harne
     [run] = _task_runs(state)
     assert run.run_count == 1
     arts = _artifacts(state)
-    assert [a.data for a in arts["progress"]] == [100.0]
-    [table] = arts["table"]
-    assert table.key == "training-loss-curve"
-    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
-    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10, 12]
-    assert rows[0]["val_loss"] is not None and rows[-1]["loss"] is not None
+    [progress] = arts["progress"]
+    assert (progress.key, progress.data) == ("training-progress", 100.0) and progress.description
+    # The chart: redrawn at each validation (steps 0, 6, 12) and at the end; the latest holds every step.
+    charts = [a for a in arts["markdown"] if a.key == "training-chart"]
+    assert len(charts) >= 3 and all(a.description for a in charts)
+    latest = max(charts, key=lambda a: a.created)
+    svg = ElementTree.fromstring(base64.b64decode(re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", latest.data)[1]))
+    lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+    train, valid, lr = (line.get("points").split() for line in lines)
+    assert (len(train), len(valid), len(lr)) == (6, 3, 6)  # train logged at steps 2..12 by 2; validation at 0, 6, 12
+    assert "step 12 of 12" in latest.data and "validation loss" in latest.data
 
     # resubmitting finds the finished run in the same folder and returns at once
     again = _train_once(CONFIG, str(data), str(tok), str(tmp_path / "runs"), return_state=True)
