@@ -22,13 +22,13 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from codeparrot.hub import PushResult
 from codeparrot.evaluate.passk import BOOK_PASS_AT_K
+from codeparrot.hub import PushResult
 from codeparrot.model_card import publish_model, read_summary
+from codeparrot.train import report
 from codeparrot.train.config import TrainConfig
 from codeparrot.train.errors import Preempted, TrainingFailed
 from codeparrot.train.identity import checkpoint_uri, default_run_dir
-from codeparrot.train import report
 from codeparrot.train.launch import (
     MetricsTail,
     accelerate_command,
