@@ -23,8 +23,27 @@ def field_title(name: str, _info: FieldInfo | None = None) -> str:
     return words[:1].upper() + words[1:]
 
 
-#: What every config model shares: frozen, strict, readable titles in the Prefect form.
-CONFIG_MODEL = ConfigDict(frozen=True, extra="forbid", validate_default=True, field_title_generator=field_title)
+def form_schema(schema: dict[str, Any], _cls: type | None = None) -> None:
+    """An optional field (`int | None`) as one plain input that may stay empty, not a type toggle.
+
+    Pydantic writes `anyOf: [{type: integer}, {type: null}]`, which the Prefect form renders as an
+    int/None switch reading 'Property is type "None"'. The field is not required and its default (None)
+    is left out of the schema, so the form sends nothing for an empty input and validation fills it in;
+    a form default of null would fail the form's own check ("None is not of type 'integer'").
+    """
+    for name, prop in schema.get("properties", {}).items():
+        options = prop.get("anyOf", [])
+        kept = [o for o in options if o.get("type") != "null"]
+        if len(options) == 2 and len(kept) == 1 and "$ref" not in kept[0]:
+            prop = schema["properties"][name] = {**kept[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+
+
+#: What every config model shares: frozen, strict, readable titles and plain optional inputs in the form.
+CONFIG_MODEL = ConfigDict(
+    frozen=True, extra="forbid", validate_default=True, field_title_generator=field_title, json_schema_extra=form_schema
+)
 
 
 class StageConfig(BaseModel):

@@ -24,7 +24,7 @@ from codeparrot.export import ExportConfig
 from codeparrot.publish import PublishConfig
 from codeparrot.services import ensure_services
 from flows._local import local_run
-from flows._params import param
+from flows._params import Text, param, text
 from tasks.curate import curate_shards, on_dask
 from tasks.download import download_stage
 from tasks.events import DATASET_PUBLISHED, announce
@@ -74,10 +74,10 @@ def dataset_refresh(
     download: DownloadConfig = param(DownloadConfig(), "Download"),  # noqa: B008
     curate: CurateConfig = param(CurateConfig(), "Curation"),  # noqa: B008
     publish: PublishConfig = param(PublishConfig(), "Publish"),  # noqa: B008
-    gcp_project: str | None = param(None, "GCP project"),
-    gcp_credentials_block: str | None = param(None, "GCP credentials block"),
-    hub_token_block: str | None = param(None, "Hub token block"),
-    dask_address: str | None = param(None, "Dask scheduler"),
+    gcp_project: Text = text("GCP project"),
+    gcp_credentials_block: Text = text("GCP credentials block"),
+    hub_token_block: Text = text("Hub token block"),
+    dask_address: Text = text("Dask scheduler"),
     curate_workers: Annotated[int, Field(ge=1, le=256)] = param(2, "Curation processes"),
     curate_partitions: Annotated[int | None, Field(ge=1, le=4096)] = param(None, "Dedup partitions"),
     curate_memory_mb: Annotated[int, Field(ge=256, le=1 << 20)] = param(DEFAULT_MEMORY_MB, "Curation memory per process (MB)"),

@@ -16,7 +16,7 @@ from codeparrot.services import ensure_storage
 from codeparrot.storage import open_store
 from codeparrot.tokens import PretokenizeConfig, read_manifest, token_set_key
 from flows._local import local_run
-from flows._params import param
+from flows._params import Text, param, text
 from tasks.curate import on_dask
 from tasks.events import TOKENS_PUBLISHED, announce
 from tasks.hub import resolver
@@ -60,8 +60,8 @@ def pretokenize_flow(
     dataset: str = param(DEFAULT_DATASET, "Dataset"),
     tokenizer: str = param(DEFAULT_TOKENIZER, "Tokenizer"),
     cfg: PretokenizeConfig = param(PretokenizeConfig(), "Token sets"),  # noqa: B008 - the UI form's defaults
-    dask_address: str | None = param(None, "Dask scheduler"),
-    hub_token_block: str | None = param(None, "Hub token block"),
+    dask_address: Text = text("Dask scheduler"),
+    hub_token_block: Text = text("Hub token block"),
 ) -> TokensResult:
     """Tokenize every Parquet shard of `dataset` with `tokenizer` into a token set under `cfg.root`.
 

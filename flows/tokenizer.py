@@ -6,7 +6,7 @@ from prefect import flow
 
 from codeparrot.services import ensure_storage
 from codeparrot.tokenizer import TokenizerConfig, TokenizerResult
-from flows._params import param
+from flows._params import Text, param, text
 from flows.pretokenize import DEFAULT_DATASET
 from tasks.events import TOKENIZER_PUBLISHED, announce
 from tasks.hub import pinned
@@ -18,7 +18,7 @@ def tokenizer_flow(
     data: str = param(DEFAULT_DATASET, "Dataset"),
     cfg: TokenizerConfig = param(TokenizerConfig(), "Tokenizer"),  # noqa: B008 - the UI form's defaults
     push: bool = param(True, "Publish"),
-    hub_token_block: str | None = param(None, "Hub token block"),
+    hub_token_block: Text = text("Hub token block"),
     force_refresh: bool = param(False, "Force refresh"),
 ) -> TokenizerResult:
     """Train the tokenizer on a dataset revision and publish it as `cfg.name`; returns its hf://...@REV URI.

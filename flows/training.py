@@ -18,7 +18,7 @@ from codeparrot.evaluate.config import EvalConfig
 from codeparrot.services import ensure_storage
 from codeparrot.tokens import PretokenizeConfig
 from codeparrot.train.config import TrainConfig
-from flows._params import param
+from flows._params import Text, param, text
 from flows.pretokenize import DEFAULT_DATASET, DEFAULT_TOKENIZER, build_tokens
 from tasks.evaluate import evaluate_model_task
 from tasks.events import MODEL_PUBLISHED, announce
@@ -42,18 +42,18 @@ class TrainingResult(BaseModel):
 def training(
     data: str = param(DEFAULT_DATASET, "Dataset"),
     tokenizer: str = param(DEFAULT_TOKENIZER, "Tokenizer"),
-    tokens: str | None = param(None, "Token set"),
+    tokens: Text = text("Token set"),
     config: TrainConfig = param(TrainConfig(), "Training"),  # noqa: B008 - frozen pydantic model, safe as a default
     pretokenize: PretokenizeConfig = param(PretokenizeConfig(), "Token sets"),  # noqa: B008
-    checkpoint_root: str | None = param(None, "Checkpoint store"),
+    checkpoint_root: Text = text("Checkpoint store"),
     num_processes: Annotated[int, Field(ge=1, le=64)] = param(1, "Processes (GPUs)"),
     evaluate: bool = param(True, "Evaluate"),
     eval_config: EvalConfig | None = param(None, "Evaluation"),
-    model_repo: str | None = param(None, "Model repo"),
-    hub_token_block: str | None = param(None, "Hub token block"),
+    model_repo: Text = text("Model repo"),
+    hub_token_block: Text = text("Hub token block"),
     restart: bool = param(False, "Restart damaged runs"),
-    output: str | None = param(None, "Run folder"),
-    output_root: str | None = param(None, "Run folders' parent"),
+    output: Text = text("Run folder"),
+    output_root: Text = text("Run folders' parent"),
 ) -> TrainingResult:
     """Train a GPT-2 on a dataset revision with a tokenizer revision, evaluate it and publish it.
 

@@ -147,11 +147,13 @@ def train_model(
 
 
 class Chart:
-    """The run's loss/validation/lr chart as a markdown artifact, redrawn from the whole metrics file."""
+    """The run's loss/validation/lr chart: one markdown artifact, redrawn in place from the whole metrics file
+    (a new artifact per redraw would list the chart a dozen times on the run's page)."""
 
     def __init__(self, metrics: Path, title: str, max_steps: int | None) -> None:
         self.metrics, self.title, self.max_steps = metrics, title, max_steps
         self.drawn = 0.0
+        self.artifact: Any = None
 
     def maybe_draw(self) -> None:
         if time.monotonic() - self.drawn >= CHART_EVERY_S:
@@ -160,11 +162,18 @@ class Chart:
     def draw(self) -> None:
         tail = MetricsTail(self.metrics)
         tail.offset = 0
-        points = report.curve(tail.read())
-        create_markdown_artifact(
-            report.chart_markdown(points, self.title, self.max_steps), key="training-chart",
-            description="Train and validation loss and the learning rate by step, redrawn as the run goes",
-        )  # fmt: skip
+        markdown = report.chart_markdown(report.curve(tail.read()), self.title, self.max_steps)
+        if self.artifact is None:
+            self.artifact = create_markdown_artifact(
+                markdown, key="training-chart",
+                description="Train and validation loss and the learning rate by step, redrawn as the run goes",
+            )  # fmt: skip
+        else:
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.actions import ArtifactUpdate
+
+            with get_client(sync_client=True) as client:
+                client.update_artifact(self.artifact, ArtifactUpdate(data=markdown))
         self.drawn = time.monotonic()
 
 

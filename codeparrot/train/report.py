@@ -16,7 +16,7 @@ from typing import Any
 # The chart's size in CSS pixels: wide enough for 100 points a few pixels apart, low enough to read
 # beside the run's other artifacts without scrolling.
 WIDTH, HEIGHT = 720, 320
-MARGIN = {"left": 56, "right": 64, "top": 28, "bottom": 40}
+MARGIN = {"left": 56, "right": 64, "top": 48, "bottom": 40}  # the legend sits in the top margin
 TRAIN_COLOUR, VALID_COLOUR, LR_COLOUR = "#1f77b4", "#d62728", "#7f7f7f"
 MAX_POINTS = 100  # per series: a long run is strided, its last point always kept
 
@@ -98,8 +98,8 @@ def chart_svg(points: Sequence[Point], title: str) -> str:
     parts.append(line([(x(p.step), y(p.lr, 0.0, lr_hi)) for p in points if p.lr is not None], LR_COLOUR, "4 3"))
     for n, (name, colour) in enumerate((("train loss", TRAIN_COLOUR), ("validation loss", VALID_COLOUR), ("learning rate", LR_COLOUR))):
         lx = left + 12 + 130 * n
-        parts.append(f'<line x1="{lx}" y1="{top + 8}" x2="{lx + 20}" y2="{top + 8}" stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{lx + 26}" y="{top + 12}">{name}</text>')
+        parts.append(f'<line x1="{lx}" y1="{top - 14}" x2="{lx + 20}" y2="{top - 14}" stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{lx + 26}" y="{top - 10}">{name}</text>')
     parts.append("</svg>")
     return "".join(p for p in parts if p)
 
@@ -143,7 +143,7 @@ def summary_markdown(
         ("resumed", f"yes, at steps {', '.join(map(str, resumed))}" if resumed else "no (one uninterrupted run)"),
         ("checkpoints", f"`{summary.get('checkpoints')}`" if summary.get("checkpoints") else "-"),
     ]
-    lines = ["## Training run", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    lines = ["## Training run", "", "| | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     ks = sorted((k for k in evaluation if k.startswith("pass@")), key=lambda k: int(k.split("@")[1]))
     if ks:
         lines += [

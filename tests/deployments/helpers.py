@@ -207,15 +207,18 @@ class Live:
 
 
 @contextmanager
-def live_stack(root: Path, **env_extra: str) -> Iterator[Live]:
-    """A real `prefect server` (SQLite) under `root`, its URL in the children's environment; stopped after."""
+def live_stack(root: Path, *, ui: bool = False, **env_extra: str) -> Iterator[Live]:
+    """A real `prefect server` (SQLite) under `root`, its URL in the children's environment; stopped after.
+    With `ui`, the server also serves the Prefect UI (built into root/ui, not into the installed package)."""
     url = f"http://127.0.0.1:{free_port()}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(root / "prefect-home"),
         PREFECT_API_URL=url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
+        PREFECT_UI_ENABLED="true" if ui else "false",
+        PREFECT_UI_STATIC_DIRECTORY=str(root / "ui"),
+        PREFECT_UI_API_URL=url,
         # Workers poll every second, so a rescheduled run starts again at once.
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_WORKER_PREFETCH_SECONDS="1",
