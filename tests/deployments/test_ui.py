@@ -16,7 +16,6 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,13 +109,13 @@ def test_a_run_started_from_the_train_spot_form_completes_and_shows_its_chart_an
     # A normal edit: another preset. Its own recipe follows, so the run is valid and short.
     _choose(page, "small", "tiny")
     page.screenshot(path=str(live.root / "ui-2-tiny-chosen.png"))
-    validated = []
+    validated, before = [], {r.id for r in _runs_of(live, deployment)}
     page.on("response", lambda r: validated.append(r.json()) if "schemas/validate" in r.url else None)
     page.get_by_role("button", name="Submit").click()
     # Accepted, the UI goes back to the deployment's page (its Runs tab); refused, it stays on the form.
     page.wait_for_url(lambda url: "/run" not in url.split("/deployment/", 1)[-1], timeout=60_000)
     assert validated and validated[-1]["valid"], validated
-    run_id = wait_until(lambda: _runs_of(live, deployment), timeout=30, what="the run the form created")[0].id
+    [run_id] = wait_until(lambda: {r.id for r in _runs_of(live, deployment)} - before, timeout=30, what="the run the form created")
 
     run = live.wait_final(run_id, timeout=900)
     assert run.state.is_completed(), (run.state.message, live.stack.log("gpu-worker")[-4000:])
@@ -147,6 +146,22 @@ def test_a_run_started_from_the_train_spot_form_completes_and_shows_its_chart_an
     body = page.inner_text("body")
     assert "codeparrot-small (110M), reference" in body and "hf://codeparrot/codeparrot-tiny@" in body
     page.close()
+
+
+def test_the_readmes_cli_example_keeps_the_deployments_config_and_changes_one_field(live: Live) -> None:
+    """README's merge example, as written, against the deployed train-spot (scheduled an hour out, then deleted)."""
+    if shutil.which("jq") is None:
+        pytest.skip("the README's example uses jq (apt-get install jq)")
+    block = (REPO / "README.md").read_text().split("<!-- cli-merge-example -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    deployment = _deployment_id(live, "train-spot")
+    before = {r.id for r in _runs_of(live, deployment)}
+    live.stack.run(["bash", "-euo", "pipefail", "-c", block.strip() + " --start-in '1 hour'"])
+    [run_id] = {r.id for r in _runs_of(live, deployment)} - before
+    with live.client() as client:
+        config = client.read_flow_run(run_id).parameters["config"]
+        client.delete_flow_run(run_id)
+    assert config == {"preset": "small", "max_steps": 50000,
+                      "preemption_url": "http://metadata.google.internal/computeMetadata/v1/instance/preempted"}  # fmt: skip
 
 
 def _artifacts(live: Live, run_id: uuid.UUID) -> dict[str, Any]:
