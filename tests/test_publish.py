@@ -212,3 +212,12 @@ def test_the_card_states_redaction_and_decontamination_and_hands_the_benchmark_c
                                     "files_removed": 3}  # fmt: skip
     (model / "train_summary.json").write_text(json.dumps({"dataset": "elsewhere", "lineage": {}}))
     assert contamination(model)["checked"] is False
+
+
+def test_the_dataset_card_artifact_is_the_card_without_its_yaml_front_matter() -> None:
+    from tasks.publish import card_body
+
+    card = "---\nlicense: other\ntags:\n- code\n---\n\n# codeparrot-clean\n\nA table --- with dashes.\n"
+    assert card_body(card) == "# codeparrot-clean\n\nA table --- with dashes.\n"
+    assert card_body("# no front matter\n") == "# no front matter\n"
+    assert card_body("---\nunterminated: yes\n") == "---\nunterminated: yes\n"  # not front matter: kept whole

@@ -114,7 +114,7 @@ class TrainConfig(StageConfig):
     )
     # --- optimizer and schedule
     lr: float | None = Field(
-        None, gt=0.0, le=1.0, title="Learning rate",
+        None, gt=0.0, title="Learning rate",
         description=f"Peak learning rate after warmup; empty: the preset's ({_by_preset('lr')}).",
     )  # fmt: skip
     min_lr_ratio: float = Field(

@@ -30,7 +30,7 @@ TRAINING = ("train-spot", "train-k8s")
 
 def test_the_deployments_point_at_existing_flows() -> None:
     deployments = deployments_by_name()
-    assert set(deployments) == {"dataset-refresh", "tokenizer", "pretokenize", *TRAINING}
+    assert set(deployments) == {"dataset-refresh", "tokenizer", "pretokenize", "train-smoke", *TRAINING}
     for name, spec in deployments.items():
         path, _, func = spec["entrypoint"].partition(":")
         assert (REPO / path).is_file(), f"{name}: {path} does not exist"
@@ -84,6 +84,18 @@ def test_deployment_parameters_are_valid_configs() -> None:
     for name, spec in deployments.items():
         if name != "train-k8s":
             assert spec["work_pool"]["job_variables"]["env"]["CODEPARROT_HUB_ROOT"] == "gs://codeparrot-hub", name
+
+
+def test_train_smoke_is_a_minutes_long_check_of_the_gpu_pool_off_the_chain() -> None:
+    spec = deployments_by_name(SETUP_VARIABLES)["train-smoke"]
+    assert spec["entrypoint"] == deployments_by_name()["train-spot"]["entrypoint"]
+    assert spec["work_pool"]["name"] == "gpu-pool" and not spec.get("triggers") and not spec.get("schedules")
+    config = TrainConfig(**spec["parameters"]["config"])
+    assert (config.preset, config.max_steps, config.warmup_steps) == ("tiny", 60, 6)  # the warmup follows the short run
+    evaluation = EvalConfig(**spec["parameters"]["eval_config"])
+    assert evaluation.limit <= 8 and evaluation.n_samples <= 4 and evaluation.run_perplexity and evaluation.run_humaneval
+    # Its model never replaces a real one.
+    assert spec["parameters"]["model_repo"] != "codeparrot/codeparrot-tiny"
 
 
 def test_pull_steps_change_into_the_workers_source_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -174,4 +174,5 @@ def _artifacts(live: Live, run_id: uuid.UUID) -> dict[str, Any]:
     for art in sorted(arts, key=lambda a: a.created):
         by_key[art.key] = art
     assert {"training-chart", "training-summary", "training-progress", "model-reference"} <= set(by_key), json.dumps(sorted(by_key))
+    assert all(a.description for a in arts), [a.key for a in arts if not a.description]
     return by_key

@@ -24,6 +24,25 @@ def test_tokenizer_flow_trains_on_a_pinned_revision_publishes_and_caches(prefect
     assert (pushed / "tokenizer.json").read_bytes() == Path(result.path, "tokenizer.json").read_bytes()
     assert not (pushed / ".complete").exists(), "the completion marker stays with the local build"
 
+    # The run's page says what to paste where, in a code block.
+    said = _reference_artifact(first)
+    assert f"```\n{result.uri}\n```" in said and "`tokenizer` of a training or pretokenize run" in said
+
     second = tokenizer_flow(data=dataset.uri, cfg=cfg, return_state=True)
     assert task_run_states(second)["tokenizer"] == ["Cached"]
     assert second.result().uri == result.uri and not second.result().new
+    # An unchanged rerun still gives the value to paste (the newest revision), and says it is unchanged.
+    again = _reference_artifact(second)
+    assert f"```\n{result.uri}\n```" in again and "unchanged" in again
+
+
+def _reference_artifact(state) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [art] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=["tokenizer-reference"])))  # fmt: skip
+    assert art.description
+    return art.data
