@@ -146,3 +146,11 @@ def test_choosing_another_preset_in_the_form_gives_a_valid_run_of_that_preset(de
     assert config.warmup_steps < config.max_steps
     if "max_steps" not in DEPLOYMENTS[deployment]["parameters"]["config"]:
         assert config.max_steps == PRESET_RECIPES[preset]["max_steps"]
+
+
+def test_an_empty_text_box_means_not_set() -> None:
+    """Optional text parameters are plain boxes ("" by default, not a str/None switch); "" reaches the flow as None."""
+    schema = _schema("train-spot")
+    assert schema["properties"]["tokens"] == {**schema["properties"]["tokens"], "type": "string", "default": ""}
+    params = _flow(DEPLOYMENTS["train-spot"]["entrypoint"]).validate_parameters({"tokens": "", "model_repo": "", "hub_token_block": ""})
+    assert params["tokens"] is None and params["model_repo"] is None and params["hub_token_block"] is None

@@ -84,3 +84,29 @@ def test_cli_options_override_the_config_file(tmp_path) -> None:
     assert config.model.n_layer == 3 and config.model.dropout == 0.0
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         build_config(None, ("n_layer",), {})
+
+
+def test_each_preset_brings_its_recipe_and_a_value_set_by_hand_wins() -> None:
+    from codeparrot.train.config import PRESET_RECIPES
+
+    # The tiny defaults are the ones measured before presets carried recipes.
+    tiny = TrainConfig()
+    assert (tiny.max_steps, tiny.warmup_steps, tiny.batch_size, tiny.grad_accum, tiny.peak_lr, tiny.save_every, tiny.eval_every) == (
+        400, 20, 8, 1, 4e-3, 50, 100)  # fmt: skip
+    small = TrainConfig(preset="small")
+    assert {k: getattr(small, k) for k in PRESET_RECIPES["small"]} == PRESET_RECIPES["small"]
+    assert small.context_length == 1024 and small.tokens_per_step() == 12 * 16 * 1024
+    mine = TrainConfig(preset="small", batch_size=4, lr=1e-4)
+    assert (mine.batch_size, mine.peak_lr, mine.grad_accum) == (4, 1e-4, 16)
+    # None is "not set", as the form sends an empty field.
+    assert TrainConfig.model_validate({"preset": "large", "max_steps": None}).max_steps == 50_000
+
+
+def test_an_unset_warmup_shrinks_with_a_short_run_but_a_set_one_is_checked() -> None:
+    assert TrainConfig(preset="small", max_steps=100).warmup_steps == 10
+    assert TrainConfig(max_steps=12).warmup_steps == 1
+    with pytest.raises(ValidationError, match="warmup_steps 2000 must be below max_steps 100"):
+        TrainConfig(preset="small", max_steps=100, warmup_steps=2000)
+    # A context typed by hand is still checked against the chosen preset's.
+    with pytest.raises(ValidationError, match="seq_length 1024 exceeds the model's context 128"):
+        TrainConfig(preset="tiny", seq_length=1024)
