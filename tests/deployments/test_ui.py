@@ -150,8 +150,8 @@ def test_a_run_started_from_the_train_spot_form_completes_and_shows_its_chart_an
 
 def test_the_readmes_cli_example_keeps_the_deployments_config_and_changes_one_field(live: Live) -> None:
     """README's merge example, as written, against the deployed train-spot (scheduled an hour out, then deleted)."""
-    if shutil.which("jq") is None:
-        pytest.skip("the README's example uses jq (apt-get install jq)")
+    if shutil.which("jq") is None or shutil.which("curl") is None:
+        pytest.skip("the README's example uses curl and jq (apt-get install curl jq)")
     block = (REPO / "README.md").read_text().split("<!-- cli-merge-example -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     deployment = _deployment_id(live, "train-spot")
     before = {r.id for r in _runs_of(live, deployment)}
@@ -162,6 +162,14 @@ def test_the_readmes_cli_example_keeps_the_deployments_config_and_changes_one_fi
         client.delete_flow_run(run_id)
     assert config == {"preset": "small", "max_steps": 50000,
                       "preemption_url": "http://metadata.google.internal/computeMetadata/v1/instance/preempted"}  # fmt: skip
+
+
+def test_train_smoke_checks_the_pool_end_to_end_in_a_short_run(live: Live) -> None:
+    run = live.wait_final(live.run_deployment("training/train-smoke"), timeout=600)
+    assert run.state.is_completed(), (run.state.message, live.stack.log("gpu-worker")[-4000:])
+    summary = _artifacts(live, run.id)["training-summary"].data
+    assert "| steps | 60 |" in summary and "HumanEval (4 problems x 2 samples)" in summary
+    assert "hf://codeparrot/codeparrot-smoke@" in summary
 
 
 def _artifacts(live: Live, run_id: uuid.UUID) -> dict[str, Any]:
