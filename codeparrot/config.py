@@ -29,12 +29,13 @@ def form_schema(schema: dict[str, Any], _cls: type | None = None) -> None:
     Pydantic writes `anyOf: [{type: integer}, {type: null}]`, which the Prefect form renders as an
     int/None switch reading 'Property is type "None"'. The field is not required and its default (None)
     is left out of the schema, so the form sends nothing for an empty input and validation fills it in;
-    a form default of null would fail the form's own check ("None is not of type 'integer'").
+    a form default of null would fail the form's own check ("None is not of type 'integer'"). A field whose
+    default is not None (where None means "off", e.g. `line_max`) keeps the switch: it is how one picks None.
     """
     for name, prop in schema.get("properties", {}).items():
         options = prop.get("anyOf", [])
         kept = [o for o in options if o.get("type") != "null"]
-        if len(options) == 2 and len(kept) == 1 and "$ref" not in kept[0]:
+        if len(options) == 2 and len(kept) == 1 and "$ref" not in kept[0] and prop.get("default") is None:
             prop = schema["properties"][name] = {**kept[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
         if "default" in prop and prop["default"] is None:
             del prop["default"]

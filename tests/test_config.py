@@ -34,3 +34,13 @@ def test_an_optional_field_is_one_plain_input_without_a_null_default() -> None:
     assert schema["properties"]["timeout_s"]["default"] == 3.0
     # Validation is unchanged: empty is None, set values are checked.
     assert _Example().memory_mb is None and _Example(memory_mb=5).memory_mb == 5
+
+
+def test_an_optional_field_with_a_value_by_default_keeps_the_switch_to_none() -> None:
+    """`line_max: int | None = 1000`: None turns the filter off, and the form's switch is how one picks it."""
+
+    class _Filter(StageConfig):
+        line_max: int | None = Field(1000, ge=1, description="Longest line; None: no limit.")
+
+    prop = _Filter.model_json_schema()["properties"]["line_max"]
+    assert prop["default"] == 1000 and {"type": "null"} in prop["anyOf"]

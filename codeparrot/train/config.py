@@ -148,7 +148,7 @@ class TrainConfig(StageConfig):
     )
     # 15 minutes: a preemption without notice (node loss) costs minutes of work, not hours.
     save_every_minutes: float | None = Field(
-        15.0, gt=0.0, le=24 * 60, description="Also checkpoint when this many minutes passed since the last one; empty: by steps only."
+        15.0, gt=0.0, le=24 * 60, description="Also checkpoint when this many minutes passed since the last one; None: by steps only."
     )
     # Two: the newest checkpoint may be damaged (killed mid-write elsewhere), so one before it is kept.
     keep_last: int = Field(  # the bound in the schema; the validator below says why
