@@ -59,9 +59,9 @@ def training(
 
     Args:
         data: The dataset, hf://datasets/OWNER/NAME[@REV]; without @REV the newest published revision when
-            the run starts (the refresh run's "dataset" artifact shows the exact value to paste).
-        tokenizer: The tokenizer, hf://OWNER/NAME[@REV]; without @REV the newest published (see the tokenizer
-            run's "tokenizer" artifact).
+            the run starts (a refresh run's "dataset-reference" artifact shows the exact value to paste).
+        tokenizer: The tokenizer, hf://OWNER/NAME[@REV]; without @REV the newest published (a tokenizer
+            run's "tokenizer-reference" artifact shows the exact value).
         tokens: A token set built by pretokenize (gs://...); empty: found or built under pretokenize.root.
         config: The training run: model preset, batch arithmetic, schedule, checkpoint cadence. Fields left
             empty take the preset's values, so changing the preset brings its own context, warmup and lr.

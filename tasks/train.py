@@ -44,8 +44,8 @@ METRICS_FILE = "metrics.jsonl"  # codeparrot.train.loop.METRICS_FILE, without im
 # run that keeps being preempted.
 TRAIN_RETRIES = 5
 TRAIN_RETRY_DELAY_S = 2
-# The chart is redrawn at each validation and at most this often between them: each redraw is a new
-# artifact version stored by the API, and a minute is as fresh as a person watching needs.
+# The chart is redrawn at each validation and at most this often between them: each redraw re-reads the
+# whole metrics file and sends the API a new SVG, and a minute is as fresh as a person watching needs.
 CHART_EVERY_S = 60.0
 
 
