@@ -20,11 +20,11 @@ TOKENIZER_PUBLISHED = "codeparrot.tokenizer.published"
 TOKENS_PUBLISHED = "codeparrot.tokens.published"
 MODEL_PUBLISHED = "codeparrot.model.published"
 
-# Where each announced reference goes in a run form (the value a person pastes).
+# Where each announced reference goes in a run form (the value a person pastes), by the form's titles.
 PASTE_INTO = {
-    "dataset": "`data` of a training or tokenizer run, `dataset` of a pretokenize run",
-    "tokenizer": "`tokenizer` of a training or pretokenize run",
-    "tokens": "`tokens` of a training run (skips pre-tokenization)",
+    "dataset": "the Dataset field of a training, tokenizer or pretokenize run",
+    "tokenizer": "the Tokenizer field of a training or pretokenize run",
+    "tokens": "the Token set field of a training run (skips pre-tokenization)",
     "model": "the model to evaluate or fetch (`hf://OWNER/NAME@REV`)",
 }
 

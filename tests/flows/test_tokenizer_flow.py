@@ -26,7 +26,7 @@ def test_tokenizer_flow_trains_on_a_pinned_revision_publishes_and_caches(prefect
 
     # The run's page says what to paste where, in a code block.
     said = _reference_artifact(first)
-    assert f"```\n{result.uri}\n```" in said and "`tokenizer` of a training or pretokenize run" in said
+    assert f"```\n{result.uri}\n```" in said and "the Tokenizer field of a training or pretokenize run" in said
 
     second = tokenizer_flow(data=dataset.uri, cfg=cfg, return_state=True)
     assert task_run_states(second)["tokenizer"] == ["Cached"]
