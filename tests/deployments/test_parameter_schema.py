@@ -74,29 +74,35 @@ def test_every_number_has_a_lower_bound_and_the_config_enforces_the_schema_bound
     unbounded, unenforced = [], []
     for path, prop in _properties(_schema(deployment)):
         for option in _numeric(prop):
-            bounds = {**option, **{k: v for k, v in prop.items() if k.endswith(("imum",))}}
-            low = bounds.get("minimum", bounds.get("exclusiveMinimum"))
-            if low is None:
+            bounds = {**option, **{k: v for k, v in prop.items() if k.endswith("imum")}}
+            if "minimum" not in bounds and "exclusiveMinimum" not in bounds:
                 unbounded.append(path)
-                continue
-            below = low - 1 if "minimum" in bounds else low
-            for value in [below] + ([bounds.get("maximum", bounds.get("exclusiveMaximum", 0)) + 1] if "maximum" in bounds or "exclusiveMaximum" in bounds else []):
-                if _accepted(flow, path, value):
-                    unenforced.append(f"{path}={value}")
+            unenforced += [f"{path}={value}" for value in _just_outside(bounds) if _accepted(flow, path, value)]
     assert not unbounded, f"{deployment}: numbers without a lower bound: {unbounded}"
     assert not unenforced, f"{deployment}: out of the schema's bounds yet accepted: {unenforced}"
 
 
+def _just_outside(bounds: dict[str, Any]) -> list[float]:
+    """The nearest values the schema's bounds exclude (one below an inclusive bound, the exclusive bound itself)."""
+    return [
+        *([bounds["minimum"] - 1] if "minimum" in bounds else []),
+        *([bounds["exclusiveMinimum"]] if "exclusiveMinimum" in bounds else []),
+        *([bounds["maximum"] + 1] if "maximum" in bounds else []),
+        *([bounds["exclusiveMaximum"]] if "exclusiveMaximum" in bounds else []),
+    ]
+
+
 def _accepted(flow: Any, path: str, value: Any) -> bool:
-    top, *rest = path.split(".")
+    """Whether the flow's parameter validation (what the worker runs first) takes `value` at dotted `path`."""
+    *parents, leaf = path.split(".")
     params: dict[str, Any] = {}
     node = params
-    for part in [top, *rest][:-1]:
+    for part in parents:
         node = node.setdefault(part, {})
-    node[[top, *rest][-1]] = value
+    node[leaf] = value
     try:
         flow.validate_parameters(params)
-    except Exception:  # the flow's parameter validation refused it, as the worker would
+    except Exception:  # refused, as the worker would refuse it
         return False
     return True
 
